@@ -1,0 +1,98 @@
+//! The model directory's `config.json`: architecture, weights, inputs, outputs, batching and labels.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+use crate::tensor::DataType;
+
+pub const CONFIG_FILE: &str = "config.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Dimensions per batch row (without the batch dimension when `max_batch_size > 0`); -1 = any size.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Which built-in network to build (`mnist_cnn`, `identity`).
+    pub architecture: String,
+    /// Weights file inside the model directory (safetensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    /// Hex sha256 of the weights file; checked when the model is downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+    /// Rows per batch; 0 means the model has no batch dimension and is never batched.
+    #[serde(default)]
+    pub max_batch_size: usize,
+    /// How long the batcher waits to fill a batch.
+    #[serde(default = "default_queue_delay_us")]
+    pub max_queue_delay_us: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Free-form facts about the model (e.g. held-out accuracy), shown in metadata.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub info: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_queue_delay_us() -> u64 {
+    1000
+}
+
+impl ModelConfig {
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let cfg: ModelConfig = serde_json::from_slice(bytes).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join(CONFIG_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| ModelError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json(&bytes, &path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let bad = |reason: String| ModelError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err(bad("a model needs at least one input and one output".into()));
+        }
+        for spec in self.inputs.iter().chain(&self.outputs) {
+            if spec.shape.iter().any(|&d| d < -1 || d == 0) {
+                return Err(bad(format!("tensor '{}': dimensions must be > 0 or -1", spec.name)));
+            }
+        }
+        if let Some(w) = &self.weights
+            && (w.contains("..") || Path::new(w).is_absolute())
+        {
+            return Err(bad(format!("weights '{w}' must be a file inside the model directory")));
+        }
+        Ok(())
+    }
+
+    /// The shape as the protocols publish it: with a leading -1 when the model batches.
+    pub fn published_shape(&self, spec: &TensorSpec) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            std::iter::once(-1).chain(spec.shape.iter().copied()).collect()
+        } else {
+            spec.shape.clone()
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Model definitions and loaders for Siesta: the tensor form every protocol decodes into, the
+//! [`Model`] interface engines implement, built-in architectures, and `storageUri` resolution.
+
+pub mod config;
+pub mod device;
+pub mod digits;
+pub mod embedded;
+pub mod error;
+pub mod identity;
+pub mod loader;
+pub mod mnist;
+pub mod model;
+pub mod resident;
+pub mod storage;
+pub mod tensor;
+
+pub use config::{ModelConfig, TensorSpec};
+pub use device::DeviceSpec;
+pub use error::{ModelError, StorageError, TensorError};
+pub use loader::{LoadOptions, ModelSource, load_model};
+pub use model::Model;
+pub use tensor::{DataType, Tensor};

@@ -1,0 +1,104 @@
+//! Builds a [`Model`] from a model directory (or the embedded default): reads `config.json`,
+//! picks the architecture and loads the weights into host memory, then onto the device.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor as CTensor};
+
+use crate::config::{CONFIG_FILE, ModelConfig};
+use crate::device::DeviceSpec;
+use crate::embedded;
+use crate::error::ModelError;
+use crate::identity::{self, IdentityModel};
+use crate::mnist::{self, MnistCnn, MnistModel};
+use crate::model::Model;
+use crate::resident::ResidentWeights;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The MNIST CNN compiled into the binary.
+    EmbeddedMnist,
+    /// A local model directory (already resolved from its storage URI).
+    Dir(PathBuf),
+}
+
+/// What the server's flags change in a model's own config.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub name: Option<String>,
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_us: Option<u64>,
+    pub device: DeviceSpec,
+}
+
+pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
+    let (mut config, weights) = match source {
+        ModelSource::EmbeddedMnist => {
+            let config =
+                ModelConfig::from_json(embedded::MNIST_CONFIG, Path::new("<embedded>/config.json"))?;
+            (config, WeightsFrom::Buffer(embedded::MNIST_WEIGHTS))
+        }
+        ModelSource::Dir(dir) => {
+            let config = ModelConfig::read(dir)?;
+            let weights = match &config.weights {
+                Some(file) => WeightsFrom::File(dir.join(file)),
+                None => WeightsFrom::None,
+            };
+            (config, weights)
+        }
+    };
+    if let Some(name) = &opts.name {
+        config.name.clone_from(name);
+    }
+    if let Some(n) = opts.max_batch_size {
+        if config.max_batch_size == 0 && n > 0 {
+            return Err(ModelError::Config {
+                path: PathBuf::from(CONFIG_FILE),
+                reason: format!("model '{}' has no batch dimension (max_batch_size 0)", config.name),
+            });
+        }
+        config.max_batch_size = n;
+    }
+    if let Some(us) = opts.max_queue_delay_us {
+        config.max_queue_delay_us = us;
+    }
+    let device = opts.device.resolve()?;
+    match config.architecture.as_str() {
+        mnist::ARCHITECTURE => {
+            let host = weights.load()?;
+            let resident = ResidentWeights::new(host, device, MnistCnn::new)?;
+            Ok(Box::new(MnistModel::new(config, resident)))
+        }
+        identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
+        other => Err(ModelError::UnknownArchitecture(other.to_string())),
+    }
+}
+
+enum WeightsFrom {
+    Buffer(&'static [u8]),
+    File(PathBuf),
+    None,
+}
+
+impl WeightsFrom {
+    fn load(&self) -> Result<HashMap<String, CTensor>, ModelError> {
+        match self {
+            WeightsFrom::Buffer(b) => candle_core::safetensors::load_buffer(b, &Device::Cpu)
+                .map_err(|e| ModelError::File {
+                    path: PathBuf::from("<embedded>/model.safetensors"),
+                    reason: e.to_string(),
+                }),
+            WeightsFrom::File(path) => {
+                candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            WeightsFrom::None => Err(ModelError::Config {
+                path: PathBuf::from(CONFIG_FILE),
+                reason: "this architecture needs a `weights` file".into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Weights kept in host memory with an optional copy on the compute device, so a model can give
+//! its device memory back when idle and come back without re-reading files.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor as CTensor};
+use candle_nn::VarBuilder;
+
+use crate::error::ModelError;
+
+pub struct ResidentWeights<M> {
+    host: HashMap<String, CTensor>,
+    device: Device,
+    build: fn(VarBuilder<'_>) -> candle_core::Result<M>,
+    built: Option<(M, u64)>,
+}
+
+impl<M> ResidentWeights<M> {
+    pub fn new(
+        host: HashMap<String, CTensor>,
+        device: Device,
+        build: fn(VarBuilder<'_>) -> candle_core::Result<M>,
+    ) -> Result<Self, ModelError> {
+        let mut w = ResidentWeights {
+            host,
+            device,
+            build,
+            built: None,
+        };
+        w.restore()?;
+        Ok(w)
+    }
+
+    /// The device-resident network, rebuilt from host weights if it was released.
+    pub fn get(&mut self) -> Result<&M, ModelError> {
+        if self.built.is_none() {
+            self.restore()?;
+        }
+        Ok(&self.built.as_ref().expect("restored above").0)
+    }
+
+    pub fn restore(&mut self) -> Result<(), ModelError> {
+        if self.built.is_some() {
+            return Ok(());
+        }
+        let mut on_device = HashMap::with_capacity(self.host.len());
+        let mut bytes = 0u64;
+        for (name, t) in &self.host {
+            // A deep copy even on the CPU, so that "released" really returns the device copy's
+            // memory and resuming really pays for the transfer, as it would on a GPU.
+            let t = t.to_device(&self.device)?.copy()?;
+            bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+            on_device.insert(name.clone(), t);
+        }
+        let vb = VarBuilder::from_tensors(on_device, DType::F32, &self.device);
+        self.built = Some(((self.build)(vb)?, bytes));
+        Ok(())
+    }
+
+    pub fn release(&mut self) {
+        self.built = None;
+    }
+
+    pub fn device_bytes(&self) -> u64 {
+        self.built.as_ref().map_or(0, |(_, b)| *b)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}

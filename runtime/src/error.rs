@@ -1,0 +1,124 @@
+//! The server's error type, and the one place where errors become HTTP and gRPC statuses
+//! (KServe's mapping: 400 invalid input, 404 unknown model, 413 body too large, 429 overloaded,
+//! 503 not ready, 500 inference error).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use siesta_models::{ModelError, StorageError, TensorError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("model '{0}' not found")]
+    ModelNotFound(String),
+    #[error("model '{name}' has no version '{version}' (served version: 1)")]
+    VersionNotFound { name: String, version: String },
+    #[error("model '{0}' is not ready")]
+    ModelNotReady(String),
+    #[error("server is not ready: {0}")]
+    ServerNotReady(String),
+    #[error("request body of {got} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge { got: usize, limit: usize },
+    #[error("model '{model}' is overloaded: {queued} requests queued (limit {limit}); retry later")]
+    Overloaded {
+        model: String,
+        queued: usize,
+        limit: usize,
+    },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("model load failed: {0}")]
+    Load(String),
+    #[error("the model worker for '{0}' stopped")]
+    WorkerGone(String),
+    #[error("request timed out after {0} ms")]
+    Timeout(u64),
+}
+
+pub type Result<T, E = ServeError> = std::result::Result<T, E>;
+
+impl ServeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServeError::InvalidInput(_) => "invalid_input",
+            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => "not_found",
+            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => "not_ready",
+            ServeError::BodyTooLarge { .. } => "too_large",
+            ServeError::Overloaded { .. } => "overloaded",
+            ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => "internal",
+            ServeError::Timeout(_) => "timeout",
+        }
+    }
+
+    pub fn to_grpc(&self) -> tonic::Status {
+        let msg = self.to_string();
+        match self {
+            ServeError::InvalidInput(_) | ServeError::BodyTooLarge { .. } => {
+                tonic::Status::invalid_argument(msg)
+            }
+            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => {
+                tonic::Status::not_found(msg)
+            }
+            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => tonic::Status::unavailable(msg),
+            ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
+            ServeError::Timeout(_) => tonic::Status::deadline_exceeded(msg),
+            ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
+                tonic::Status::internal(msg)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if matches!(self, ServeError::Overloaded { .. } | ServeError::ModelNotReady(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<TensorError> for ServeError {
+    fn from(e: TensorError) -> Self {
+        ServeError::InvalidInput(e.to_string())
+    }
+}
+
+impl From<ModelError> for ServeError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Input(m) => ServeError::InvalidInput(m),
+            ModelError::Tensor(t) => ServeError::InvalidInput(t.to_string()),
+            ModelError::Inference(m) => ServeError::Inference(m),
+            other => ServeError::Load(other.to_string()),
+        }
+    }
+}
+
+impl From<StorageError> for ServeError {
+    fn from(e: StorageError) -> Self {
+        ServeError::Load(e.to_string())
+    }
+}
