@@ -1,1 +1,224 @@
-fn main(){}
+//! The `siesta` binary.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use siesta_models::DeviceSpec;
+use siesta_models::embedded::MNIST_NAME;
+use siesta_models::storage::{StorageOptions, parse_mirror};
+use siesta_runtime::lifecycle::IdlePolicy;
+use siesta_runtime::registry::{ModelLocation, RegistryOptions};
+use siesta_runtime::{ServeConfig, StopReason};
+
+#[derive(Parser)]
+#[command(
+    name = "siesta",
+    version,
+    about = "GPU-aware inference runtime with scale to zero"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SIESTA_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a model over KServe V1, V2 REST and V2 gRPC.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Name the model is served under. With no --storage-uri, `mnist` serves the embedded model.
+    #[arg(long, default_value = MNIST_NAME, env = "SIESTA_MODEL_NAME")]
+    model_name: String,
+    /// Where the model lives: a local path, file://, http(s)://, or gs:// s3:// pvc:// hf:// through --storage-mirror.
+    #[arg(long, alias = "model-uri", env = "STORAGE_URI")]
+    storage_uri: Option<String>,
+    /// A directory of model directories that the repository API can load by name.
+    #[arg(long)]
+    model_repository: Option<PathBuf>,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// HTTP port (0 = any free port; the bound ports are printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// gRPC port (0 = any free port).
+    #[arg(long, default_value_t = 8081)]
+    grpc_port: u16,
+    /// Do not serve gRPC.
+    #[arg(long)]
+    no_grpc: bool,
+    /// Compute device: cpu, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// Rows per batch (overrides the model config).
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// How long a batch waits to fill, e.g. 2ms (overrides the model config).
+    #[arg(long, value_parser = parse_duration)]
+    max_queue_delay: Option<Duration>,
+    /// Requests queued or running per model before new ones get 429.
+    #[arg(long, default_value_t = 256)]
+    queue_limit: usize,
+    /// Largest request body (and gRPC message) accepted.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// How long a client may take to send its request body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// How long a request may wait for its result.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Give the model's device memory back after this long without requests (weights stay in host memory).
+    #[arg(long, value_parser = parse_duration)]
+    idle_release_after: Option<Duration>,
+    /// Drain and exit 0 after this long without requests.
+    #[arg(long, value_parser = parse_duration)]
+    idle_exit_after: Option<Duration>,
+    /// Local paths must stay under this directory.
+    #[arg(long)]
+    model_root: Option<PathBuf>,
+    /// Where http(s) models are downloaded.
+    #[arg(long, env = "SIESTA_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// PREFIX=TARGET, e.g. gs://kfserving-examples/models/=file:///srv/models/ (repeatable).
+    #[arg(long, value_parser = parse_mirror)]
+    storage_mirror: Vec<(String, String)>,
+}
+
+/// Durations as `500ms`, `2s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use us, ms, s, m, h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
+    let location = match a.storage_uri {
+        Some(uri) => ModelLocation::Uri(uri),
+        None if a.model_name == MNIST_NAME => ModelLocation::Embedded,
+        None => bail!(
+            "model '{}' needs --storage-uri (only '{MNIST_NAME}' is embedded)",
+            a.model_name
+        ),
+    };
+    let cache_dir = a.cache_dir.unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/siesta/models"))
+            .unwrap_or_else(|| std::env::temp_dir().join("siesta-models"))
+    });
+    Ok(ServeConfig {
+        models: vec![(a.model_name, location)],
+        registry: RegistryOptions {
+            device: a.device,
+            queue_limit: a.queue_limit.max(1),
+            max_batch_size: a.max_batch_size,
+            max_queue_delay_us: a.max_queue_delay.map(|d| d.as_micros() as u64),
+            storage: StorageOptions {
+                model_root: a.model_root,
+                cache_dir,
+                mirrors: a.storage_mirror,
+            },
+            repository: a.model_repository,
+        },
+        http_addr: SocketAddr::new(a.host, a.http_port),
+        grpc_addr: (!a.no_grpc).then_some(SocketAddr::new(a.host, a.grpc_port)),
+        max_body_bytes: a.max_body_bytes,
+        body_timeout: a.body_timeout,
+        request_timeout: a.request_timeout,
+        drain_timeout: a.drain_timeout,
+        idle: IdlePolicy {
+            release_after: a.idle_release_after,
+            exit_after: a.idle_exit_after,
+        },
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = serve_config(args)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let reason = rt.block_on(siesta_runtime::run(cfg, |http, grpc| {
+                // One machine-readable line on stdout, so scripts and tests learn the ports.
+                let grpc = grpc.map_or("off".to_string(), |g| g.to_string());
+                println!("siesta listening http={http} grpc={grpc}");
+                let _ = std::io::stdout().flush();
+            }))?;
+            if reason == StopReason::Idle {
+                tracing::info!("exited after idle");
+            }
+            // Do not wait for blocking tasks (e.g. a stuck download) beyond the drain bound.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

@@ -76,13 +76,18 @@ impl ModelConfig {
         }
         for spec in self.inputs.iter().chain(&self.outputs) {
             if spec.shape.iter().any(|&d| d < -1 || d == 0) {
-                return Err(bad(format!("tensor '{}': dimensions must be > 0 or -1", spec.name)));
+                return Err(bad(format!(
+                    "tensor '{}': dimensions must be > 0 or -1",
+                    spec.name
+                )));
             }
         }
         if let Some(w) = &self.weights
             && (w.contains("..") || Path::new(w).is_absolute())
         {
-            return Err(bad(format!("weights '{w}' must be a file inside the model directory")));
+            return Err(bad(format!(
+                "weights '{w}' must be a file inside the model directory"
+            )));
         }
         Ok(())
     }
@@ -90,7 +95,9 @@ impl ModelConfig {
     /// The shape as the protocols publish it: with a leading -1 when the model batches.
     pub fn published_shape(&self, spec: &TensorSpec) -> Vec<i64> {
         if self.max_batch_size > 0 {
-            std::iter::once(-1).chain(spec.shape.iter().copied()).collect()
+            std::iter::once(-1)
+                .chain(spec.shape.iter().copied())
+                .collect()
         } else {
             spec.shape.clone()
         }

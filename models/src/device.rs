@@ -50,7 +50,10 @@ impl DeviceSpec {
                 "this siesta binary was built without the `cuda` feature".into(),
             )),
             DeviceSpec::Auto => {
-                tracing::info!(device = "cpu", "no CUDA support in this build; using the CPU");
+                tracing::info!(
+                    device = "cpu",
+                    "no CUDA support in this build; using the CPU"
+                );
                 Ok(candle_core::Device::Cpu)
             }
         }

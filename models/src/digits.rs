@@ -31,7 +31,10 @@ pub fn load_digits() -> Result<Vec<Digit>, String> {
                 .map_err(|_| format!("digits line {}: expected 65 values", i + 1))?;
             Ok(Digit {
                 pixels,
-                label: *label.first().ok_or(format!("digits line {}: no label", i + 1))? as u8,
+                label: *label
+                    .first()
+                    .ok_or(format!("digits line {}: no label", i + 1))?
+                    as u8,
             })
         })
         .collect()

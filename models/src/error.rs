@@ -7,9 +7,17 @@ pub enum TensorError {
     #[error("unknown datatype '{0}'")]
     UnknownDatatype(String),
     #[error("tensor '{name}': expected {expected} bytes for its shape, got {got}")]
-    SizeMismatch { name: String, expected: usize, got: usize },
+    SizeMismatch {
+        name: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("tensor '{name}': expected {expected} BYTES elements for its shape, got {got}")]
-    ElementCountMismatch { name: String, expected: usize, got: usize },
+    ElementCountMismatch {
+        name: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("BYTES data is truncated: an element's length prefix runs past the end")]
     TruncatedBytes,
     #[error("tensor shape is too large")]
@@ -51,20 +59,39 @@ pub enum StorageError {
     #[error("storage URI '{uri}': {reason}")]
     Invalid { uri: String, reason: String },
     #[error("storage URI '{uri}' resolves to {path}, outside the model root {root}")]
-    EscapesRoot { uri: String, path: PathBuf, root: PathBuf },
+    EscapesRoot {
+        uri: String,
+        path: PathBuf,
+        root: PathBuf,
+    },
     #[error("storage URI '{uri}': no such path {path}")]
     NotFound { uri: String, path: PathBuf },
     #[error(
         "storage URI '{uri}': scheme '{scheme}' needs network access Siesta does not have; tried mirrors [{tried}]; \
          add --storage-mirror {scheme}://PREFIX=file:///local/dir/"
     )]
-    NoMirror { uri: String, scheme: String, tried: String },
+    NoMirror {
+        uri: String,
+        scheme: String,
+        tried: String,
+    },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
     #[error("download of {url}: size {got} bytes, expected {expected}")]
-    SizeMismatch { url: String, expected: u64, got: u64 },
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("download of {url}: sha256 {got}, expected {expected}")]
-    ChecksumMismatch { url: String, expected: String, got: String },
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        got: String,
+    },
     #[error("cache {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

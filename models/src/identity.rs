@@ -22,7 +22,8 @@ impl IdentityModel {
                 .any(|(i, o)| i.datatype != o.datatype)
         {
             return Err(ModelError::Inference(
-                "identity needs outputs matching its inputs one to one, with the same datatypes".into(),
+                "identity needs outputs matching its inputs one to one, with the same datatypes"
+                    .into(),
             ));
         }
         Ok(IdentityModel { config })

@@ -35,8 +35,10 @@ pub struct LoadOptions {
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
     let (mut config, weights) = match source {
         ModelSource::EmbeddedMnist => {
-            let config =
-                ModelConfig::from_json(embedded::MNIST_CONFIG, Path::new("<embedded>/config.json"))?;
+            let config = ModelConfig::from_json(
+                embedded::MNIST_CONFIG,
+                Path::new("<embedded>/config.json"),
+            )?;
             (config, WeightsFrom::Buffer(embedded::MNIST_WEIGHTS))
         }
         ModelSource::Dir(dir) => {
@@ -55,7 +57,10 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
         if config.max_batch_size == 0 && n > 0 {
             return Err(ModelError::Config {
                 path: PathBuf::from(CONFIG_FILE),
-                reason: format!("model '{}' has no batch dimension (max_batch_size 0)", config.name),
+                reason: format!(
+                    "model '{}' has no batch dimension (max_batch_size 0)",
+                    config.name
+                ),
             });
         }
         config.max_batch_size = n;

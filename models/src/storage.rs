@@ -27,15 +27,23 @@ pub struct StorageOptions {
 
 /// Parses `--storage-mirror PREFIX=TARGET`.
 pub fn parse_mirror(s: &str) -> Result<(String, String), String> {
-    let (from, to) = s
-        .split_once('=')
-        .ok_or_else(|| format!("'{s}': expected PREFIX=TARGET, e.g. gs://bucket/=file:///models/"))?;
+    let (from, to) = s.split_once('=').ok_or_else(|| {
+        format!("'{s}': expected PREFIX=TARGET, e.g. gs://bucket/=file:///models/")
+    })?;
     let scheme = from.split("://").next().unwrap_or_default();
     if !MIRRORED_SCHEMES.contains(&scheme) {
-        return Err(format!("'{from}': mirrors are for gs://, s3://, pvc:// and hf:// prefixes"));
+        return Err(format!(
+            "'{from}': mirrors are for gs://, s3://, pvc:// and hf:// prefixes"
+        ));
     }
-    if !(to.starts_with("file://") || to.starts_with("http://") || to.starts_with("https://") || to.starts_with('/')) {
-        return Err(format!("'{to}': a mirror target is a local path, file://, http:// or https://"));
+    if !(to.starts_with("file://")
+        || to.starts_with("http://")
+        || to.starts_with("https://")
+        || to.starts_with('/'))
+    {
+        return Err(format!(
+            "'{to}': a mirror target is a local path, file://, http:// or https://"
+        ));
     }
     Ok((from.to_string(), to.to_string()))
 }
@@ -45,7 +53,11 @@ pub fn resolve(uri: &str, opts: &StorageOptions) -> Result<PathBuf, StorageError
     let scheme = uri.split_once("://").map(|(s, _)| s);
     match scheme {
         None => resolve_local(uri, Path::new(uri), opts.model_root.as_deref()),
-        Some("file") => resolve_local(uri, Path::new(&uri["file://".len()..]), opts.model_root.as_deref()),
+        Some("file") => resolve_local(
+            uri,
+            Path::new(&uri["file://".len()..]),
+            opts.model_root.as_deref(),
+        ),
         Some("http" | "https") => download_model(uri, &opts.cache_dir),
         Some(s) if MIRRORED_SCHEMES.contains(&s) => {
             let mirror = opts
@@ -148,7 +160,12 @@ fn download_model(uri: &str, cache: &Path) -> Result<PathBuf, StorageError> {
         })?;
 
     let config_path = tmp.path().join(CONFIG_FILE);
-    download_file(&client, &format!("{base}/{CONFIG_FILE}"), &config_path, None)?;
+    download_file(
+        &client,
+        &format!("{base}/{CONFIG_FILE}"),
+        &config_path,
+        None,
+    )?;
     let config = ModelConfig::read(tmp.path()).map_err(|e| StorageError::Download {
         url: format!("{base}/{CONFIG_FILE}"),
         reason: e.to_string(),

@@ -353,7 +353,10 @@ mod tests {
         }
         let t = Tensor::new("s", DataType::Bytes, vec![4, 1], data).unwrap();
         let parts = t.split_rows(&[3, 1]).unwrap();
-        assert_eq!(bytes_elements(&parts[0].data).unwrap(), vec![&b"a"[..], b"bcd", b""]);
+        assert_eq!(
+            bytes_elements(&parts[0].data).unwrap(),
+            vec![&b"a"[..], b"bcd", b""]
+        );
         assert_eq!(bytes_elements(&parts[1].data).unwrap(), vec![&b"ef"[..]]);
     }
 

@@ -13,6 +13,8 @@ pub enum ServeError {
     InvalidInput(String),
     #[error("model '{0}' not found")]
     ModelNotFound(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
     #[error("model '{name}' has no version '{version}' (served version: 1)")]
     VersionNotFound { name: String, version: String },
     #[error("model '{0}' is not ready")]
@@ -35,6 +37,8 @@ pub enum ServeError {
     WorkerGone(String),
     #[error("request timed out after {0} ms")]
     Timeout(u64),
+    #[error("the client did not send the request body within {0} ms")]
+    ClientTimeout(u64),
 }
 
 pub type Result<T, E = ServeError> = std::result::Result<T, E>;
@@ -43,7 +47,9 @@ impl ServeError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            ServeError::ModelNotFound(_)
+            | ServeError::VersionNotFound { .. }
+            | ServeError::NoRoute(_) => StatusCode::NOT_FOUND,
             ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -53,6 +59,7 @@ impl ServeError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -60,12 +67,16 @@ impl ServeError {
     pub fn kind(&self) -> &'static str {
         match self {
             ServeError::InvalidInput(_) => "invalid_input",
-            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => "not_found",
+            ServeError::ModelNotFound(_)
+            | ServeError::VersionNotFound { .. }
+            | ServeError::NoRoute(_) => "not_found",
             ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => "not_ready",
             ServeError::BodyTooLarge { .. } => "too_large",
             ServeError::Overloaded { .. } => "overloaded",
-            ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => "internal",
-            ServeError::Timeout(_) => "timeout",
+            ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
+                "internal"
+            }
+            ServeError::Timeout(_) | ServeError::ClientTimeout(_) => "timeout",
         }
     }
 
@@ -75,12 +86,16 @@ impl ServeError {
             ServeError::InvalidInput(_) | ServeError::BodyTooLarge { .. } => {
                 tonic::Status::invalid_argument(msg)
             }
-            ServeError::ModelNotFound(_) | ServeError::VersionNotFound { .. } => {
-                tonic::Status::not_found(msg)
+            ServeError::ModelNotFound(_)
+            | ServeError::VersionNotFound { .. }
+            | ServeError::NoRoute(_) => tonic::Status::not_found(msg),
+            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => {
+                tonic::Status::unavailable(msg)
             }
-            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => tonic::Status::unavailable(msg),
             ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
-            ServeError::Timeout(_) => tonic::Status::deadline_exceeded(msg),
+            ServeError::Timeout(_) | ServeError::ClientTimeout(_) => {
+                tonic::Status::deadline_exceeded(msg)
+            }
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 tonic::Status::internal(msg)
             }
@@ -91,8 +106,15 @@ impl ServeError {
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, ServeError::Overloaded { .. } | ServeError::ModelNotReady(_)) {
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if matches!(
+            self,
+            ServeError::Overloaded { .. } | ServeError::ModelNotReady(_)
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

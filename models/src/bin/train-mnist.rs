@@ -25,7 +25,11 @@ fn main() -> Result<()> {
     let digits = load_digits().map_err(anyhow::Error::msg)?;
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (i, d) in digits.iter().enumerate() {
-        let set = if is_held_out(i) { &mut test } else { &mut train };
+        let set = if is_held_out(i) {
+            &mut test
+        } else {
+            &mut train
+        };
         set.push((digit_to_mnist(&d.pixels), d.label));
     }
     println!("digits: {} train, {} held out", train.len(), test.len());
@@ -66,7 +70,11 @@ fn main() -> Result<()> {
     }
     let acc = accuracy(&net, &test, &device)?;
     write_model(&varmap, &out_dir, acc, test.len())?;
-    println!("held-out accuracy {acc:.4} on {} digits; wrote {}", test.len(), out_dir.display());
+    println!(
+        "held-out accuracy {acc:.4} on {} digits; wrote {}",
+        test.len(),
+        out_dir.display()
+    );
     Ok(())
 }
 
@@ -114,7 +122,11 @@ fn batch<'a>(
 fn accuracy(net: &MnistCnn, set: &[(Vec<f32>, u8)], device: &Device) -> Result<f32> {
     let (x, y) = batch(set.iter(), device)?;
     let pred = net.logits(&x)?.argmax(D::Minus1)?;
-    let correct = pred.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let correct = pred
+        .eq(&y)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     Ok(correct / set.len() as f32)
 }
 

@@ -26,7 +26,12 @@ pub fn infer_shape(v: &Value) -> Result<Vec<usize>> {
 
 /// Appends every leaf of a nested array, depth first; errors on ragged nesting.
 pub fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<()> {
-    fn walk<'a>(v: &'a Value, depth: usize, leaf_depth: &mut Option<usize>, out: &mut Vec<&'a Value>) -> Result<()> {
+    fn walk<'a>(
+        v: &'a Value,
+        depth: usize,
+        leaf_depth: &mut Option<usize>,
+        out: &mut Vec<&'a Value>,
+    ) -> Result<()> {
         match v {
             Value::Array(items) => {
                 for item in items {
@@ -37,7 +42,9 @@ pub fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<()> {
             leaf => {
                 match leaf_depth {
                     Some(d) if *d != depth => {
-                        return Err(invalid("'data' is ragged: nested arrays have different depths".into()));
+                        return Err(invalid(
+                            "'data' is ragged: nested arrays have different depths".into(),
+                        ));
                     }
                     _ => *leaf_depth = Some(depth),
                 }
@@ -114,7 +121,11 @@ pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Resul
 
 fn truncate(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 { format!("{}...", &s[..40]) } else { s }
+    if s.len() > 40 {
+        format!("{}...", &s[..40])
+    } else {
+        s
+    }
 }
 
 /// Decodes little-endian bytes into a flat list of JSON values.
@@ -209,7 +220,13 @@ mod tests {
     fn ragged_nesting_is_rejected_and_shapes_are_inferred() {
         let mut out = Vec::new();
         assert!(flatten(&json!([[1, 2], 3]), &mut out).is_err());
-        assert_eq!(infer_shape(&json!([[1, 2], [3, 4], [5, 6]])).unwrap(), vec![3, 2]);
-        assert_eq!(nest(vec![json!(1), json!(2), json!(3), json!(4)], &[2, 2]), json!([[1, 2], [3, 4]]));
+        assert_eq!(
+            infer_shape(&json!([[1, 2], [3, 4], [5, 6]])).unwrap(),
+            vec![3, 2]
+        );
+        assert_eq!(
+            nest(vec![json!(1), json!(2), json!(3), json!(4)], &[2, 2]),
+            json!([[1, 2], [3, 4]])
+        );
     }
 }

@@ -5,6 +5,8 @@ pub mod json_data;
 pub mod v1;
 pub mod v2;
 
+use std::sync::Arc;
+
 use siesta_models::{ModelConfig, Tensor, TensorSpec};
 
 use crate::error::{Result, ServeError};
@@ -27,6 +29,7 @@ pub struct RequestedOutput {
 
 #[derive(Debug)]
 pub struct InferResponse {
+    pub config: Arc<ModelConfig>,
     pub model_name: String,
     pub model_version: String,
     pub id: Option<String>,
@@ -40,7 +43,10 @@ fn invalid(msg: String) -> ServeError {
 
 /// Checks inputs against the model's metadata and returns them in the model's input order,
 /// plus the number of batch rows.
-pub fn validate_inputs(config: &ModelConfig, mut inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, usize)> {
+pub fn validate_inputs(
+    config: &ModelConfig,
+    mut inputs: Vec<Tensor>,
+) -> Result<(Vec<Tensor>, usize)> {
     for t in &inputs {
         if !config.inputs.iter().any(|s| s.name == t.name) {
             let known: Vec<&str> = config.inputs.iter().map(|s| s.name.as_str()).collect();
@@ -58,10 +64,18 @@ pub fn validate_inputs(config: &ModelConfig, mut inputs: Vec<Tensor>) -> Result<
         let pos = inputs
             .iter()
             .position(|t| t.name == spec.name)
-            .ok_or_else(|| invalid(format!("missing input '{}' for model '{}'", spec.name, config.name)))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "missing input '{}' for model '{}'",
+                    spec.name, config.name
+                ))
+            })?;
         let t = inputs.swap_remove(pos);
         if inputs.iter().any(|o| o.name == spec.name) {
-            return Err(invalid(format!("input '{}' appears more than once", spec.name)));
+            return Err(invalid(format!(
+                "input '{}' appears more than once",
+                spec.name
+            )));
         }
         if t.datatype != spec.datatype {
             return Err(invalid(format!(
@@ -131,7 +145,9 @@ pub fn select_outputs(
             let pos = outputs
                 .iter()
                 .position(|t| t.name == r.name)
-                .ok_or_else(|| ServeError::Inference(format!("model did not produce output '{}'", r.name)))?;
+                .ok_or_else(|| {
+                    ServeError::Inference(format!("model did not produce output '{}'", r.name))
+                })?;
             Ok((outputs.swap_remove(pos), r.binary.unwrap_or(binary_default)))
         })
         .collect()
@@ -150,7 +166,10 @@ pub fn check_requested_outputs(config: &ModelConfig, requested: &[RequestedOutpu
             )));
         }
         if requested[..i].iter().any(|o| o.name == r.name) {
-            return Err(invalid(format!("output '{}' requested more than once", r.name)));
+            return Err(invalid(format!(
+                "output '{}' requested more than once",
+                r.name
+            )));
         }
     }
     Ok(())

@@ -15,22 +15,30 @@ fn invalid(msg: impl Into<String>) -> ServeError {
 
 /// Parses a V1 predict body against the model's inputs.
 pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> {
-    let body: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| invalid("the request body must be a JSON object with \"instances\" or \"inputs\""))?;
+    let body: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
+    let obj = body.as_object().ok_or_else(|| {
+        invalid("the request body must be a JSON object with \"instances\" or \"inputs\"")
+    })?;
     // Per input: the list of row values.
     let mut columns: Vec<Vec<&Value>> = vec![Vec::new(); config.inputs.len()];
     match (obj.get("instances"), obj.get("inputs")) {
-        (Some(_), Some(_)) => return Err(invalid("send either \"instances\" or \"inputs\", not both")),
+        (Some(_), Some(_)) => {
+            return Err(invalid("send either \"instances\" or \"inputs\", not both"));
+        }
         (Some(Value::Array(instances)), None) => {
             for (i, inst) in instances.iter().enumerate() {
                 for (col, spec) in columns.iter_mut().zip(&config.inputs) {
-                    col.push(instance_value(config, spec, inst).map_err(|e| invalid(format!("instance {i}: {e}")))?);
+                    col.push(
+                        instance_value(config, spec, inst)
+                            .map_err(|e| invalid(format!("instance {i}: {e}")))?,
+                    );
                 }
             }
         }
-        (None, Some(Value::Array(rows))) if config.inputs.len() == 1 => columns[0].extend(rows.iter()),
+        (None, Some(Value::Array(rows))) if config.inputs.len() == 1 => {
+            columns[0].extend(rows.iter())
+        }
         (None, Some(Value::Object(named))) => {
             for (col, spec) in columns.iter_mut().zip(&config.inputs) {
                 match named.get(&spec.name) {
@@ -39,13 +47,18 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
                     None => return Err(invalid(format!("inputs: missing input '{}'", spec.name))),
                 }
             }
-            if let Some(extra) = named.keys().find(|k| !config.inputs.iter().any(|s| &s.name == *k)) {
+            if let Some(extra) = named
+                .keys()
+                .find(|k| !config.inputs.iter().any(|s| &s.name == *k))
+            {
                 return Err(invalid(format!("inputs: unexpected input '{extra}'")));
             }
         }
         (Some(_), None) => return Err(invalid("\"instances\" must be a list")),
         (None, Some(_)) => {
-            return Err(invalid("\"inputs\" must be a list (one input) or an object of lists by input name"));
+            return Err(invalid(
+                "\"inputs\" must be a list (one input) or an object of lists by input name",
+            ));
         }
         (None, None) => return Err(invalid("the request needs \"instances\" or \"inputs\"")),
     }
@@ -54,7 +67,10 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
         return Err(invalid("no instances in the request"));
     }
     if config.max_batch_size == 0 && rows != 1 {
-        return Err(invalid(format!("model '{}' takes exactly one instance, got {rows}", config.name)));
+        return Err(invalid(format!(
+            "model '{}' takes exactly one instance, got {rows}",
+            config.name
+        )));
     }
     let inputs = columns
         .iter()
@@ -69,7 +85,11 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
     })
 }
 
-fn instance_value<'a>(config: &ModelConfig, spec: &TensorSpec, inst: &'a Value) -> Result<&'a Value> {
+fn instance_value<'a>(
+    config: &ModelConfig,
+    spec: &TensorSpec,
+    inst: &'a Value,
+) -> Result<&'a Value> {
     match inst {
         Value::Object(m) if !is_b64(m) => m
             .get(&spec.name)
@@ -91,7 +111,8 @@ fn column_tensor(config: &ModelConfig, spec: &TensorSpec, rows: &[&Value]) -> Re
     let mut data = Vec::new();
     let mut row_shape: Option<Vec<usize>> = None;
     for (i, row) in rows.iter().enumerate() {
-        let (bytes, shape) = row_bytes(spec, row).map_err(|e| invalid(format!("instance {i}: {e}")))?;
+        let (bytes, shape) =
+            row_bytes(spec, row).map_err(|e| invalid(format!("instance {i}: {e}")))?;
         match &row_shape {
             Some(s) if *s != shape => {
                 return Err(invalid(format!(
@@ -117,7 +138,10 @@ fn column_tensor(config: &ModelConfig, spec: &TensorSpec, rows: &[&Value]) -> Re
 fn row_bytes(spec: &TensorSpec, row: &Value) -> Result<(Vec<u8>, Vec<usize>)> {
     if let Value::Object(m) = row {
         let Some(Value::String(b64)) = m.get("b64").filter(|_| is_b64(m)) else {
-            return Err(invalid(format!("input '{}': objects must be {{\"b64\": \"...\"}}", spec.name)));
+            return Err(invalid(format!(
+                "input '{}': objects must be {{\"b64\": \"...\"}}",
+                spec.name
+            )));
         };
         let raw = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())

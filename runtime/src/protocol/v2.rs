@@ -71,19 +71,22 @@ fn param_bool(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<b
     match params.and_then(|p| p.get(key)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid(format!("parameter '{key}' must be a boolean, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "parameter '{key}' must be a boolean, got {other}"
+        ))),
     }
 }
 
 /// Splits a request body into its JSON header and binary section.
-pub fn split_body(body: &[u8], header_len: Option<&str>) -> Result<(&[u8], &[u8])> {
+pub fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(&'a [u8], &'a [u8])> {
     let Some(h) = header_len else {
         return Ok((body, &[]));
     };
-    let n: usize = h
-        .trim()
-        .parse()
-        .map_err(|_| invalid(format!("Inference-Header-Content-Length '{h}' is not a number")))?;
+    let n: usize = h.trim().parse().map_err(|_| {
+        invalid(format!(
+            "Inference-Header-Content-Length '{h}' is not a number"
+        ))
+    })?;
     if n > body.len() {
         return Err(invalid(format!(
             "Inference-Header-Content-Length {n} exceeds the body length {}",
@@ -97,34 +100,59 @@ pub fn split_body(body: &[u8], header_len: Option<&str>) -> Result<(&[u8], &[u8]
 pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
     let body: InferRequestBody =
         serde_json::from_slice(json).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
-    let binary_output_default = param_bool(body.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
+    let binary_output_default =
+        param_bool(body.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for input in &body.inputs {
-        let datatype: DataType = input
-            .datatype
-            .parse()
-            .map_err(|_| invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
+        let datatype: DataType = input.datatype.parse().map_err(|_| {
+            invalid(format!(
+                "input '{}': unknown datatype '{}'",
+                input.name, input.datatype
+            ))
+        })?;
         let shape = input
             .shape
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| invalid(format!("input '{}': shape {:?} has a negative dimension", input.name, input.shape)))?;
+            .map_err(|_| {
+                invalid(format!(
+                    "input '{}': shape {:?} has a negative dimension",
+                    input.name, input.shape
+                ))
+            })?;
         let count = shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| invalid(format!("input '{}': shape {:?} is too large", input.name, shape)))?;
-        let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+            .ok_or_else(|| {
+                invalid(format!(
+                    "input '{}': shape {:?} is too large",
+                    input.name, shape
+                ))
+            })?;
+        let binary_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 v.as_u64()
                     .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| invalid(format!("input '{}': binary_data_size must be a non-negative integer", input.name)))?,
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "input '{}': binary_data_size must be a non-negative integer",
+                            input.name
+                        ))
+                    })?,
             ),
         };
         let data = match (binary_size, &input.data) {
             (Some(_), Some(_)) => {
-                return Err(invalid(format!("input '{}': has both 'data' and binary_data_size", input.name)));
+                return Err(invalid(format!(
+                    "input '{}': has both 'data' and binary_data_size",
+                    input.name
+                )));
             }
             (Some(n), None) => {
                 if n > binary.len() {
@@ -151,7 +179,12 @@ pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferReques
                 }
                 encode_values(&input.name, datatype, &leaves)?
             }
-            (None, None) => return Err(invalid(format!("input '{}': no 'data' and no binary_data_size", input.name))),
+            (None, None) => {
+                return Err(invalid(format!(
+                    "input '{}': no 'data' and no binary_data_size",
+                    input.name
+                )));
+            }
         };
         inputs.push(Tensor::new(&input.name, datatype, shape, data)?);
     }

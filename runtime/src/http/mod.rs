@@ -1,0 +1,131 @@
+//! The REST surface: KServe V1, Open Inference Protocol V2, the model repository, Triton's
+//! model-configuration extension, health and `/metrics`.
+
+mod health;
+mod repository;
+mod v1;
+pub(crate) mod v2;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::{Result, ServeError};
+use crate::infer::InferService;
+use crate::metrics;
+use crate::worker::Timing;
+pub use v2::PLATFORM;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: InferService,
+    pub prometheus: PrometheusHandle,
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its body (slow clients get 408, not a held slot).
+    pub body_timeout: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(health::root))
+        .route("/metrics", get(health::prometheus))
+        .route("/v2", get(health::server_metadata))
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(health::ready))
+        .route("/v1/models", get(v1::list))
+        .route("/v1/models/{target}", get(v1::metadata).post(v1::predict))
+        .route("/v2/models", get(v2::list))
+        .route("/v2/models/{model}", get(v2::metadata))
+        .route("/v2/models/{model}/ready", get(v2::ready))
+        .route("/v2/models/{model}/config", get(v2::config))
+        .route("/v2/models/{model}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(v2::metadata_versioned),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2::ready_versioned),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(v2::config_versioned),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(v2::infer_versioned),
+        )
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{model}/load", post(repository::load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository::unload),
+        )
+        .fallback(health::not_found)
+        .with_state(state)
+}
+
+/// Reads the body under the size limit and the body deadline.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes> {
+    let limit = state.max_body_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(ServeError::BodyTooLarge { got: len, limit });
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(state.body_timeout, limited.collect()).await {
+        Err(_) => Err(ServeError::ClientTimeout(
+            state.body_timeout.as_millis() as u64
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServeError::BodyTooLarge {
+            got: limit + 1,
+            limit,
+        }),
+        Ok(Err(e)) => Err(ServeError::InvalidInput(format!(
+            "reading the request body failed: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Per-response timing headers (milliseconds).
+fn timing_headers(resp: &mut Response, timing: &Timing, started: Instant) {
+    let ms = |d: Duration| {
+        HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("ascii")
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        HeaderName::from_static("x-siesta-queue-ms"),
+        ms(timing.queue),
+    );
+    h.insert(
+        HeaderName::from_static("x-siesta-compute-ms"),
+        ms(timing.compute),
+    );
+    h.insert(
+        HeaderName::from_static("x-siesta-total-ms"),
+        ms(started.elapsed()),
+    );
+    h.insert(
+        HeaderName::from_static("x-siesta-batch-rows"),
+        HeaderValue::from(timing.batch_rows),
+    );
+    if let Some(r) = timing.restored {
+        h.insert(HeaderName::from_static("x-siesta-restored-ms"), ms(r));
+    }
+}
+
+/// Counts the request under its model, protocol and status.
+fn observe(model: &str, protocol: &'static str, resp: &Response, started: Instant) {
+    metrics::request(model, protocol, resp.status().as_u16(), started.elapsed());
+}

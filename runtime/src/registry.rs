@@ -1,0 +1,286 @@
+//! The models this server knows, each in one state (loading, ready, unloaded, failed), and the
+//! repository operations (index, load, unload) on them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use siesta_models::storage::{self, StorageOptions};
+use siesta_models::{DeviceSpec, LoadOptions, Model, ModelError, ModelSource, Tensor};
+
+use crate::error::{Result, ServeError};
+use crate::handle::ModelHandle;
+use crate::status::{ModelState, ModelStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// The MNIST CNN compiled into the binary.
+    Embedded,
+    /// A storage URI (local path, file://, http(s)://, or a mirrored gs:// s3:// pvc:// hf://).
+    Uri(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    pub device: DeviceSpec,
+    pub queue_limit: usize,
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_us: Option<u64>,
+    pub storage: StorageOptions,
+    /// A directory of model directories that `load` can find by name.
+    pub repository: Option<PathBuf>,
+}
+
+enum SlotState {
+    Loading,
+    Ready(Arc<ModelHandle>),
+    Unloaded,
+    Failed(String),
+}
+
+struct Slot {
+    location: ModelLocation,
+    state: SlotState,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    pub state: &'static str,
+    pub reason: String,
+}
+
+pub struct ModelRegistry {
+    opts: RegistryOptions,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Loads run one at a time: each can take seconds and a lot of memory.
+    load_lock: tokio::sync::Mutex<()>,
+}
+
+impl ModelRegistry {
+    pub fn new(opts: RegistryOptions) -> Arc<Self> {
+        Arc::new(ModelRegistry {
+            opts,
+            slots: Mutex::new(BTreeMap::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn register(&self, name: &str, location: ModelLocation) {
+        self.slots.lock().insert(
+            name.to_string(),
+            Slot {
+                location,
+                state: SlotState::Unloaded,
+            },
+        );
+    }
+
+    /// The ready handle for `name`: 404 when unknown, 503 while it is not loaded.
+    pub fn get(&self, name: &str) -> Result<Arc<ModelHandle>> {
+        match self.slots.lock().get(name).map(|s| &s.state) {
+            None => Err(ServeError::ModelNotFound(name.to_string())),
+            Some(SlotState::Ready(h)) => Ok(h.clone()),
+            Some(_) => Err(ServeError::ModelNotReady(name.to_string())),
+        }
+    }
+
+    pub fn handles(&self) -> Vec<Arc<ModelHandle>> {
+        self.slots
+            .lock()
+            .values()
+            .filter_map(|s| match &s.state {
+                SlotState::Ready(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ready means every model that is meant to be loaded is loaded and warmed up.
+    pub fn all_ready(&self) -> bool {
+        let slots = self.slots.lock();
+        !slots.is_empty()
+            && slots
+                .values()
+                .all(|s| matches!(s.state, SlotState::Ready(_) | SlotState::Unloaded))
+            && slots
+                .values()
+                .any(|s| matches!(s.state, SlotState::Ready(_)))
+    }
+
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut entries: BTreeMap<String, IndexEntry> = BTreeMap::new();
+        if let Some(repo) = &self.opts.repository
+            && let Ok(dir) = std::fs::read_dir(repo)
+        {
+            for e in dir.flatten() {
+                if e.path().join(siesta_models::config::CONFIG_FILE).is_file() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    entries.insert(
+                        name.clone(),
+                        IndexEntry {
+                            name,
+                            version: "1".into(),
+                            state: "UNAVAILABLE",
+                            reason: "unloaded".into(),
+                        },
+                    );
+                }
+            }
+        }
+        for (name, slot) in self.slots.lock().iter() {
+            let (state, reason) = match &slot.state {
+                SlotState::Loading => ("LOADING", String::new()),
+                SlotState::Ready(h) => match h.status.state() {
+                    ModelState::Released => ("READY", "device memory released while idle".into()),
+                    _ => ("READY", String::new()),
+                },
+                SlotState::Unloaded => ("UNAVAILABLE", "unloaded".into()),
+                SlotState::Failed(r) => ("UNAVAILABLE", r.clone()),
+            };
+            entries.insert(
+                name.clone(),
+                IndexEntry {
+                    name: name.clone(),
+                    version: "1".into(),
+                    state,
+                    reason,
+                },
+            );
+        }
+        entries.into_values().collect()
+    }
+
+    /// Loads (or reloads) `name`: from its registered location, or from the repository directory.
+    pub async fn load(&self, name: &str) -> Result<()> {
+        let _serial = self.load_lock.lock().await;
+        let location = {
+            let mut slots = self.slots.lock();
+            let location = match slots.get(name) {
+                Some(slot) if matches!(slot.state, SlotState::Ready(_)) => return Ok(()),
+                Some(slot) => slot.location.clone(),
+                None => self.find_in_repository(name)?,
+            };
+            slots.insert(
+                name.to_string(),
+                Slot {
+                    location: location.clone(),
+                    state: SlotState::Loading,
+                },
+            );
+            location
+        };
+        let status = Arc::new(ModelStatus::new(name));
+        let opts = self.opts.clone();
+        let model_name = name.to_string();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_and_warm_up(&model_name, &location, &opts))
+                .await
+                .map_err(|e| ServeError::Load(format!("loader task failed: {e}")))
+                .and_then(|r| r);
+        let mut slots = self.slots.lock();
+        let slot = slots.get_mut(name).expect("slot inserted above");
+        match loaded {
+            Ok(model) => {
+                let handle = ModelHandle::start(model, status, self.opts.queue_limit);
+                tracing::info!(
+                    model = name,
+                    device = handle.status.device_bytes(),
+                    "model ready"
+                );
+                slot.state = SlotState::Ready(handle);
+                Ok(())
+            }
+            Err(e) => {
+                status.set_state(ModelState::Failed);
+                tracing::error!(model = name, error = %e, "model load failed");
+                slot.state = SlotState::Failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let mut slots = self.slots.lock();
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| ServeError::ModelNotFound(name.to_string()))?;
+        if let SlotState::Ready(h) = std::mem::replace(&mut slot.state, SlotState::Unloaded) {
+            // Dropping the last handle closes the queue; the worker thread then exits and frees the model.
+            h.status.set_state(ModelState::Unloaded);
+            h.status.set_device_bytes("cpu", 0);
+        }
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    fn find_in_repository(&self, name: &str) -> Result<ModelLocation> {
+        let repo = self
+            .opts
+            .repository
+            .as_ref()
+            .ok_or_else(|| ServeError::ModelNotFound(name.to_string()))?;
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(ServeError::InvalidInput(format!(
+                "'{name}' is not a model name"
+            )));
+        }
+        let dir = repo.join(name);
+        if !dir.join(siesta_models::config::CONFIG_FILE).is_file() {
+            return Err(ServeError::ModelNotFound(name.to_string()));
+        }
+        Ok(ModelLocation::Uri(dir.to_string_lossy().into_owned()))
+    }
+}
+
+fn load_and_warm_up(
+    name: &str,
+    location: &ModelLocation,
+    opts: &RegistryOptions,
+) -> Result<Box<dyn Model>> {
+    let source = match location {
+        ModelLocation::Embedded => ModelSource::EmbeddedMnist,
+        ModelLocation::Uri(uri) => ModelSource::Dir(storage::resolve(uri, &opts.storage)?),
+    };
+    let load_opts = LoadOptions {
+        name: Some(name.to_string()),
+        max_batch_size: opts.max_batch_size,
+        max_queue_delay_us: opts.max_queue_delay_us,
+        device: opts.device,
+    };
+    let started = std::time::Instant::now();
+    let mut model = siesta_models::load_model(&source, &load_opts)?;
+    let loaded = started.elapsed();
+    warm_up(model.as_mut())?;
+    tracing::info!(
+        model = name,
+        load_ms = loaded.as_secs_f64() * 1e3,
+        warm_up_ms = (started.elapsed() - loaded).as_secs_f64() * 1e3,
+        "model loaded and warmed up"
+    );
+    Ok(model)
+}
+
+/// One inference on zeros, so the first real request does not pay for lazy initialisation and
+/// readiness means the model really runs.
+fn warm_up(model: &mut dyn Model) -> Result<(), ModelError> {
+    let cfg = model.config().clone();
+    let inputs: Vec<Tensor> = cfg
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = cfg
+                .published_shape(spec)
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d as usize })
+                .collect();
+            let n: usize = shape.iter().product();
+            let bytes = n * spec.datatype.element_size().unwrap_or(4);
+            Tensor::new(&spec.name, spec.datatype, shape, vec![0; bytes])
+        })
+        .collect::<Result<_, _>>()?;
+    model.forward(&inputs)?;
+    Ok(())
+}

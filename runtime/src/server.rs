@@ -1,0 +1,167 @@
+//! `siesta serve`: binds the HTTP and gRPC ports, loads the models, runs until SIGTERM or idle
+//! exit, and drains within a bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::http::{self, AppState};
+use crate::infer::InferService;
+use crate::lifecycle::{IdlePolicy, ServerLifecycle, run_idle_watch};
+use crate::registry::{ModelLocation, ModelRegistry, RegistryOptions};
+use crate::{grpc, metrics};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub models: Vec<(String, ModelLocation)>,
+    pub registry: RegistryOptions,
+    pub http_addr: SocketAddr,
+    /// `None` disables gRPC.
+    pub grpc_addr: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub request_timeout: Duration,
+    /// The longest SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+    pub idle: IdlePolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("model '{model}' failed to load: {reason}")]
+    Load { model: String, reason: String },
+    #[error("server failed: {0}")]
+    Serve(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    Idle,
+}
+
+/// Runs the server; `on_listening` gets the bound addresses (ports may be 0 in the config).
+pub async fn run(
+    cfg: ServeConfig,
+    on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
+) -> Result<StopReason, ServerError> {
+    let prometheus = metrics::install();
+    let lifecycle = Arc::new(ServerLifecycle::default());
+    spawn_signal_handler(lifecycle.clone())?;
+    metrics::server_draining(false);
+    let registry = ModelRegistry::new(cfg.registry.clone());
+    for (name, location) in &cfg.models {
+        registry.register(name, location.clone());
+    }
+    let service = InferService {
+        registry: registry.clone(),
+        lifecycle: lifecycle.clone(),
+        request_timeout: cfg.request_timeout,
+    };
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    let http_listener = bind(cfg.http_addr).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| ServerError::Serve(e.to_string()))?;
+    let grpc_listener = match cfg.grpc_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    on_listening(http_addr, grpc_addr);
+
+    let app = http::router(AppState {
+        service: service.clone(),
+        prometheus,
+        max_body_bytes: cfg.max_body_bytes,
+        body_timeout: cfg.body_timeout,
+    });
+    let http_lifecycle = lifecycle.clone();
+    let http_server = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move { http_lifecycle.drained().await })
+            .await
+    });
+    let grpc_server = grpc_listener.map(|listener| {
+        let svc = grpc::service(service.clone(), cfg.max_body_bytes);
+        let grpc_lifecycle = lifecycle.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    grpc_lifecycle.drained().await
+                })
+                .await
+        })
+    });
+
+    // Load after binding: liveness answers at once, readiness only once every model is warm.
+    for (name, _) in &cfg.models {
+        if let Err(e) = registry.load(name).await {
+            lifecycle.begin_drain("startup failed");
+            return Err(ServerError::Load {
+                model: name.clone(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    let idle_exit = tokio::spawn(run_idle_watch(
+        registry.clone(),
+        lifecycle.clone(),
+        cfg.idle,
+    ));
+
+    lifecycle.drained().await;
+    let reason = if idle_exit.is_finished() && cfg.idle.exit_after.is_some() {
+        StopReason::Idle
+    } else {
+        StopReason::Signal
+    };
+    let finish = async {
+        let _ = http_server.await;
+        if let Some(g) = grpc_server {
+            let _ = g.await;
+        }
+    };
+    if tokio::time::timeout(cfg.drain_timeout, finish)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_s = cfg.drain_timeout.as_secs_f64(),
+            "drain timed out; exiting with requests in flight"
+        );
+    }
+    tracing::info!(?reason, "server stopped");
+    Ok(reason)
+}
+
+/// Registers the handlers before returning, so a SIGTERM right after start-up is not missed.
+fn spawn_signal_handler(lifecycle: Arc<ServerLifecycle>) -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let register = |kind| {
+        signal(kind).map_err(|e| ServerError::Serve(format!("cannot listen for signals: {e}")))
+    };
+    let mut term = register(SignalKind::terminate())?;
+    let mut int = register(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => lifecycle.begin_drain("SIGTERM"),
+            _ = int.recv() => lifecycle.begin_drain("SIGINT"),
+        }
+    });
+    Ok(())
+}

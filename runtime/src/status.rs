@@ -1,0 +1,114 @@
+//! Shared, lock-light state of one served model: lifecycle state, device memory, activity.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ModelState {
+    Loading = 0,
+    Ready = 1,
+    /// Device memory given back; the next request restores it.
+    Released = 2,
+    Unloaded = 3,
+    Failed = 4,
+}
+
+impl ModelState {
+    pub const ALL: [ModelState; 5] = [
+        ModelState::Loading,
+        ModelState::Ready,
+        ModelState::Released,
+        ModelState::Unloaded,
+        ModelState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Released => "released",
+            ModelState::Unloaded => "unloaded",
+            ModelState::Failed => "failed",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        ModelState::ALL[usize::from(v).min(4)]
+    }
+
+    /// Whether requests are accepted (a released model is restored on demand).
+    pub fn serves(self) -> bool {
+        matches!(self, ModelState::Ready | ModelState::Released)
+    }
+}
+
+pub struct ModelStatus {
+    pub name: String,
+    state: AtomicU8,
+    device_bytes: AtomicU64,
+    in_flight: AtomicUsize,
+    last_activity: Mutex<Instant>,
+}
+
+impl ModelStatus {
+    pub fn new(name: &str) -> Self {
+        let s = ModelStatus {
+            name: name.to_string(),
+            state: AtomicU8::new(ModelState::Loading as u8),
+            device_bytes: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_activity: Mutex::new(Instant::now()),
+        };
+        metrics::model_state(name, ModelState::Loading);
+        s
+    }
+
+    pub fn state(&self) -> ModelState {
+        ModelState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, state: ModelState) {
+        self.state.store(state as u8, Ordering::Release);
+        metrics::model_state(&self.name, state);
+    }
+
+    pub fn device_bytes(&self) -> u64 {
+        self.device_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn set_device_bytes(&self, device: &str, bytes: u64) {
+        self.device_bytes.store(bytes, Ordering::Relaxed);
+        metrics::device_memory(&self.name, device, bytes);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        *self.last_activity.lock()
+    }
+
+    /// Marks a request as started; the guard marks it finished when dropped.
+    pub fn begin_request(self: &std::sync::Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        *self.last_activity.lock() = Instant::now();
+        metrics::in_flight(&self.name, self.in_flight());
+        InFlightGuard(self.clone())
+    }
+}
+
+pub struct InFlightGuard(std::sync::Arc<ModelStatus>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        *self.0.last_activity.lock() = Instant::now();
+        metrics::in_flight(&self.0.name, self.0.in_flight());
+    }
+}
