@@ -34,13 +34,31 @@ async fn v2_json_matches_the_readme_accuracy_on_held_out_digits() {
             .json()
             .await
             .unwrap();
-        let class = resp["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "class").unwrap();
+        let class = resp["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "class")
+            .unwrap();
         assert_eq!(class["shape"], json!([chunk.len()]));
-        let probs = resp["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap();
-        let p: Vec<f64> = probs["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let probs = resp["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "probabilities")
+            .unwrap();
+        let p: Vec<f64> = probs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         for (i, (_, label)) in chunk.iter().enumerate() {
             let row = &p[i * 10..(i + 1) * 10];
-            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-4, "probabilities sum to 1");
+            assert!(
+                (row.iter().sum::<f64>() - 1.0).abs() < 1e-4,
+                "probabilities sum to 1"
+            );
             assert_eq!(class["data"][i].as_u64().unwrap() as usize, argmax(row));
             correct += usize::from(argmax(row) == usize::from(*label));
         }
@@ -66,7 +84,12 @@ async fn v1_instances_inputs_and_b64_give_the_same_predictions() {
         json!({"instances": [{"b64": b64}]}),
     ];
     for body in bodies {
-        let resp = client.post(server.url("/v1/models/mnist:predict")).json(&body).send().await.unwrap();
+        let resp = client
+            .post(server.url("/v1/models/mnist:predict"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{body}");
         assert!(resp.headers().contains_key("x-siesta-compute-ms"));
         let v: Value = resp.json().await.unwrap();
@@ -77,9 +100,23 @@ async fn v1_instances_inputs_and_b64_give_the_same_predictions() {
             assert_eq!(p["probabilities"].as_array().unwrap().len(), 10);
         }
     }
-    let list: Value = client.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list, json!({"models": ["mnist"]}));
-    let status: Value = client.get(server.url("/v1/models/mnist")).send().await.unwrap().json().await.unwrap();
+    let status: Value = client
+        .get(server.url("/v1/models/mnist"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status, json!({"name": "mnist", "ready": true}));
 }
 
@@ -115,7 +152,11 @@ async fn v2_binary_tensors_in_and_out_agree_with_json() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let json_len: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let json_len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = resp.bytes().await.unwrap();
     let head: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
     assert_eq!(head["id"], "req-7");
@@ -125,9 +166,17 @@ async fn v2_binary_tensors_in_and_out_agree_with_json() {
     assert_eq!(outs[1]["name"], "probabilities");
     assert!(outs[1].get("data").is_none());
     assert_eq!(outs[1]["parameters"]["binary_data_size"], 40);
-    let probs: Vec<f32> = bytes[json_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let probs: Vec<f32> = bytes[json_len..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(probs.len(), 10);
-    let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let best = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
     assert_eq!(best, usize::from(label));
 
     // binary_data_output=true makes every output binary.
@@ -143,7 +192,11 @@ async fn v2_binary_tensors_in_and_out_agree_with_json() {
         .send()
         .await
         .unwrap();
-    let json_len: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let json_len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = resp.bytes().await.unwrap();
     assert_eq!(bytes.len() - json_len, 40 + 8);
 }
@@ -184,7 +237,12 @@ fn sample(dt: siesta_models::DataType) -> Value {
 #[tokio::test]
 async fn every_datatype_round_trips_as_json_and_as_binary() {
     let dir = identity_model_dir();
-    let server = Server::start(&["--model-name", "identity", "--storage-uri", dir.path().to_str().unwrap()]);
+    let server = Server::start(&[
+        "--model-name",
+        "identity",
+        "--storage-uri",
+        dir.path().to_str().unwrap(),
+    ]);
     server.wait_ready().await;
     let client = reqwest::Client::new();
     let inputs: Vec<Value> = siesta_models::DataType::ALL
@@ -200,7 +258,10 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
         .json()
         .await
         .unwrap();
-    for (d, out) in siesta_models::DataType::ALL.iter().zip(resp["outputs"].as_array().unwrap()) {
+    for (d, out) in siesta_models::DataType::ALL
+        .iter()
+        .zip(resp["outputs"].as_array().unwrap())
+    {
         assert_eq!(out["datatype"], d.as_str());
         assert_eq!(out["shape"], json!([1, 3]));
         let flat: Vec<Value> = sample(*d)[0].as_array().unwrap().clone();
@@ -234,7 +295,11 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let json_len: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let json_len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = resp.bytes().await.unwrap();
     assert_eq!(&bytes[json_len..], raw.concat().as_slice());
 }
@@ -243,24 +308,48 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
 async fn grpc_infer_with_raw_and_typed_contents() {
     let server = Server::start(&[]);
     server.wait_ready().await;
-    let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
-    assert!(client.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(client.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    let mut client =
+        pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(server.grpc.clone())
+            .await
+            .unwrap();
+    assert!(
+        client
+            .server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        client
+            .server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
     let ready = client
-        .model_ready(pb::ModelReadyRequest { name: "mnist".into(), version: String::new() })
+        .model_ready(pb::ModelReadyRequest {
+            name: "mnist".into(),
+            version: String::new(),
+        })
         .await
         .unwrap();
     assert!(ready.into_inner().ready);
     let meta = client
-        .model_metadata(pb::ModelMetadataRequest { name: "mnist".into(), version: "1".into() })
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "mnist".into(),
+            version: "1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(meta.inputs[0].shape, vec![-1, 1, 28, 28]);
     let config = client
-        .model_config(pb::ModelConfigRequest { name: "mnist".into(), version: String::new() })
+        .model_config(pb::ModelConfigRequest {
+            name: "mnist".into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -285,8 +374,14 @@ async fn grpc_infer_with_raw_and_typed_contents() {
     };
     let typed_req = pb::ModelInferRequest {
         model_name: "mnist".into(),
-        inputs: vec![input(Some(pb::InferTensorContents { fp32_contents: img.clone(), ..Default::default() }))],
-        outputs: vec![pb::model_infer_request::InferRequestedOutputTensor { name: "class".into(), parameters: Default::default() }],
+        inputs: vec![input(Some(pb::InferTensorContents {
+            fp32_contents: img.clone(),
+            ..Default::default()
+        }))],
+        outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+            name: "class".into(),
+            parameters: Default::default(),
+        }],
         ..Default::default()
     };
     for req in [raw_req, typed_req] {
@@ -297,15 +392,27 @@ async fn grpc_infer_with_raw_and_typed_contents() {
     }
 
     let err = client
-        .model_infer(pb::ModelInferRequest { model_name: "nope".into(), ..Default::default() })
+        .model_infer(pb::ModelInferRequest {
+            model_name: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = client
-        .model_infer(pb::ModelInferRequest { model_name: "mnist".into(), inputs: vec![input(None)], ..Default::default() })
+        .model_infer(pb::ModelInferRequest {
+            model_name: "mnist".into(),
+            inputs: vec![input(None)],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -313,30 +420,86 @@ async fn repository_index_unload_and_load() {
     let repo = tempfile::tempdir().unwrap();
     let id = identity_model_dir();
     std::fs::create_dir(repo.path().join("echo")).unwrap();
-    std::fs::copy(id.path().join("config.json"), repo.path().join("echo/config.json")).unwrap();
+    std::fs::copy(
+        id.path().join("config.json"),
+        repo.path().join("echo/config.json"),
+    )
+    .unwrap();
     let server = Server::start(&["--model-repository", repo.path().to_str().unwrap()]);
     server.wait_ready().await;
     let client = reqwest::Client::new();
-    let index: Value = client.post(server.url("/v2/repository/index")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(index, json!([
-        {"name": "echo", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
-        {"name": "mnist", "version": "1", "state": "READY", "reason": ""}
-    ]));
-    let r = client.post(server.url("/v2/repository/models/echo/load")).send().await.unwrap();
+    let index: Value = client
+        .post(server.url("/v2/repository/index"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        index,
+        json!([
+            {"name": "echo", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+            {"name": "mnist", "version": "1", "state": "READY", "reason": ""}
+        ])
+    );
+    let r = client
+        .post(server.url("/v2/repository/models/echo/load"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(client.get(server.url("/v2/models/echo/ready")).send().await.unwrap().status(), 200);
-    let r = client.post(server.url("/v2/repository/models/mnist/unload")).send().await.unwrap();
+    assert_eq!(
+        client
+            .get(server.url("/v2/models/echo/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = client
+        .post(server.url("/v2/repository/models/mnist/unload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client.get(server.url("/v2/models/mnist/ready")).send().await.unwrap();
+    let r = client
+        .get(server.url("/v2/models/mnist/ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
-    let r = client.post(server.url("/v2/models/mnist/infer")).json(&mnist_v2_body(&[vec![0.0; 784]])).send().await.unwrap();
+    let r = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
-    let r = client.post(server.url("/v2/repository/models/mnist/load")).send().await.unwrap();
+    let r = client
+        .post(server.url("/v2/repository/models/mnist/load"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client.post(server.url("/v2/models/mnist/infer")).json(&mnist_v2_body(&[vec![0.0; 784]])).send().await.unwrap();
+    let r = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client.post(server.url("/v2/repository/models/missing/load")).send().await.unwrap();
+    let r = client
+        .post(server.url("/v2/repository/models/missing/load"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = client.post(server.url("/v2/repository/models/..%2Fetc/load")).send().await.unwrap();
+    let r = client
+        .post(server.url("/v2/repository/models/..%2Fetc/load"))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status() == 400 || r.status() == 404, "{}", r.status());
 }

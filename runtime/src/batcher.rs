@@ -11,6 +11,13 @@ use crate::error::ServeError;
 use crate::metrics;
 use crate::worker::{Job, WorkerMsg};
 
+/// What reaches the queue: requests, and control messages that must stay in order with them.
+pub enum Queued {
+    Job(Job),
+    /// Give device memory back once everything queued before it has run.
+    Release(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     /// Rows per batch; 0 = the model has no batch dimension, one request per run.
@@ -21,22 +28,29 @@ pub struct BatchPolicy {
 pub async fn run(
     model: String,
     policy: BatchPolicy,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
     worker: mpsc::Sender<WorkerMsg>,
 ) {
-    let mut carry: Option<Job> = None;
+    let mut carry: Option<Queued> = None;
     loop {
         // Wait until the worker can take a batch, then collect it: while the worker is busy the
         // queue keeps growing, and the next batch is formed from it at once.
         let Ok(slot) = worker.reserve().await else {
             break;
         };
-        let first = match carry.take() {
-            Some(j) => j,
-            None => match jobs.recv().await {
-                Some(j) => j,
+        let next = match carry.take() {
+            Some(q) => q,
+            None => match queue.recv().await {
+                Some(q) => q,
                 None => break,
             },
+        };
+        let first = match next {
+            Queued::Job(j) => j,
+            Queued::Release(done) => {
+                slot.send(WorkerMsg::Release(done));
+                continue;
+            }
         };
         if first.reply.is_closed() {
             metrics::dropped(&model, "client_gone");
@@ -46,14 +60,21 @@ pub async fn run(
         let deadline = tokio::time::Instant::from_std(first.enqueued) + policy.max_queue_delay;
         let mut batch = vec![first];
         while policy.max_batch_size > 0 && rows < policy.max_batch_size {
-            let next = match jobs.try_recv() {
-                Ok(j) => j,
+            let queued = match queue.try_recv() {
+                Ok(q) => q,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, jobs.recv()).await {
-                        Ok(Some(j)) => j,
+                    match tokio::time::timeout_at(deadline, queue.recv()).await {
+                        Ok(Some(q)) => q,
                         Ok(None) | Err(_) => break,
                     }
+                }
+            };
+            let next = match queued {
+                Queued::Job(j) => j,
+                release @ Queued::Release(_) => {
+                    carry = Some(release);
+                    break;
                 }
             };
             if next.reply.is_closed() {
@@ -61,7 +82,7 @@ pub async fn run(
                 continue;
             }
             if rows + next.rows > policy.max_batch_size || !same_row_shape(&batch[0], &next) {
-                carry = Some(next);
+                carry = Some(Queued::Job(next));
                 break;
             }
             rows += next.rows;
@@ -70,12 +91,19 @@ pub async fn run(
         slot.send(WorkerMsg::Batch(batch));
     }
     // The worker is gone: answer whatever is still queued rather than leaving it hanging.
-    for job in carry.into_iter() {
-        let _ = job.reply.send(Err(ServeError::WorkerGone(model.clone())));
-    }
-    jobs.close();
-    while let Some(job) = jobs.recv().await {
-        let _ = job.reply.send(Err(ServeError::WorkerGone(model.clone())));
+    queue.close();
+    let mut pending = carry;
+    loop {
+        let q = match pending.take() {
+            Some(q) => q,
+            None => match queue.recv().await {
+                Some(q) => q,
+                None => break,
+            },
+        };
+        if let Queued::Job(job) = q {
+            let _ = job.reply.send(Err(ServeError::WorkerGone(model.clone())));
+        }
     }
 }
 

@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 use siesta_models::{Model, ModelConfig, Tensor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::batcher::{self, BatchPolicy};
+use crate::batcher::{self, BatchPolicy, Queued};
 use crate::error::{Result, ServeError};
 use crate::metrics;
 use crate::status::{InFlightGuard, ModelState, ModelStatus};
-use crate::worker::{self, Job, JobOutput, WorkerMsg};
+use crate::worker::{self, Job, JobOutput};
 
 pub struct ModelHandle {
     pub config: Arc<ModelConfig>,
     pub status: Arc<ModelStatus>,
-    jobs: mpsc::UnboundedSender<Job>,
-    worker: mpsc::Sender<WorkerMsg>,
+    queue: mpsc::UnboundedSender<Queued>,
     /// Bounds queued plus running requests; empty means overloaded.
     permits: Arc<Semaphore>,
     queue_limit: usize,
@@ -59,8 +58,7 @@ impl ModelHandle {
         Arc::new(ModelHandle {
             config,
             status,
-            jobs,
-            worker,
+            queue: jobs,
             permits: Arc::new(Semaphore::new(queue_limit)),
             queue_limit,
         })
@@ -107,8 +105,8 @@ impl ModelHandle {
             span: tracing::Span::current(),
             reply,
         };
-        self.jobs
-            .send(job)
+        self.queue
+            .send(Queued::Job(job))
             .map_err(|_| ServeError::WorkerGone(self.config.name.clone()))?;
         rx.await
             .map_err(|_| ServeError::WorkerGone(self.config.name.clone()))?
@@ -117,7 +115,7 @@ impl ModelHandle {
     /// Gives the model's device memory back; the next request restores it.
     pub async fn release_device_memory(&self) {
         let (done, rx) = oneshot::channel();
-        if self.worker.send(WorkerMsg::Release(done)).await.is_ok() {
+        if self.queue.send(Queued::Release(done)).is_ok() {
             let _ = rx.await;
         }
     }

@@ -85,3 +85,8 @@ pub fn restored(model: &str, took: Duration) {
 pub fn server_draining(draining: bool) {
     gauge!("siesta_server_draining").set(if draining { 1.0 } else { 0.0 });
 }
+
+pub fn load_phases(model: &str, load: Duration, warm_up: Duration) {
+    gauge!("siesta_model_load_seconds", "model" => model.to_string()).set(load.as_secs_f64());
+    gauge!("siesta_model_warm_up_seconds", "model" => model.to_string()).set(warm_up.as_secs_f64());
+}

@@ -254,6 +254,7 @@ fn load_and_warm_up(
     let mut model = siesta_models::load_model(&source, &load_opts)?;
     let loaded = started.elapsed();
     warm_up(model.as_mut())?;
+    crate::metrics::load_phases(name, loaded, started.elapsed() - loaded);
     tracing::info!(
         model = name,
         load_ms = loaded.as_secs_f64() * 1e3,

@@ -15,7 +15,17 @@ impl Server {
     /// `siesta serve` on 127.0.0.1 with ports 0 plus `args`; waits for the listening line.
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_siesta"))
-            .args(["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--device", "cpu"])
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+                "--device",
+                "cpu",
+            ])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -24,7 +34,9 @@ impl Server {
             .expect("start siesta");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -61,7 +73,10 @@ impl Server {
     }
 
     pub fn sigterm(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill");
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 
@@ -74,13 +89,21 @@ impl Server {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "siesta did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "siesta did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 

@@ -1,0 +1,363 @@
+//! Readiness, idle release and exit, SIGTERM draining, overload and abandoned requests, on the
+//! real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{Server, held_out_digits, metric, mnist_v2_body};
+use serde_json::Value;
+
+/// Serves a copy of the embedded MNIST model over HTTP, holding the weights back until `release`
+/// is dropped, so the test can look at the server while its model is still loading.
+fn slow_model_server(release: std::sync::mpsc::Receiver<()>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let body: &[u8] = if req.starts_with("GET /mnist/config.json") {
+                siesta_models::embedded::MNIST_CONFIG
+            } else {
+                if i > 0 {
+                    let _ = release.recv();
+                }
+                siesta_models::embedded::MNIST_WEIGHTS
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    format!("http://{addr}/mnist")
+}
+
+#[tokio::test]
+async fn live_at_once_ready_only_after_load_and_warm_up() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let uri = slow_model_server(rx);
+    let cache = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--storage-uri",
+        &uri,
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(server.url("/v2/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = client
+        .get(server.url("/v2/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "ready while the weights are still downloading"
+    );
+    let r = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("not ready"));
+    drop(tx);
+    server.wait_ready().await;
+    // Readiness implies the warm-up inference ran.
+    let m = server.metrics().await;
+    assert!(
+        metric(&m, "siesta_model_warm_up_seconds{model=\"mnist\"}").unwrap() > 0.0,
+        "{m}"
+    );
+    let r = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The download landed in the cache as a complete directory, nothing half-written beside it.
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+#[tokio::test]
+async fn idle_release_frees_device_memory_and_the_next_request_restores_it() {
+    let server = Server::start(&["--idle-release-after", "300ms"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let (img, label) = held_out_digits().swap_remove(0);
+    let before = server.metrics().await;
+    let held = metric(
+        &before,
+        "siesta_device_memory_bytes{model=\"mnist\",device=\"cpu\"}",
+    )
+    .unwrap();
+    assert!(held > 400_000.0, "weights on the device: {held}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = server.metrics().await;
+        if metric(&m, "siesta_model_state{model=\"mnist\",state=\"released\"}") == Some(1.0) {
+            assert_eq!(
+                metric(
+                    &m,
+                    "siesta_device_memory_bytes{model=\"mnist\",device=\"cpu\"}"
+                ),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "model never released: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let meta: Value = client
+        .get(server.url("/v2/models/mnist"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["parameters"]["state"], "released");
+    assert_eq!(
+        client
+            .get(server.url("/v2/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let resp = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[img]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let restored: f64 = resp.headers()["x-siesta-restored-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(restored > 0.0);
+    let body: Value = resp.json().await.unwrap();
+    let class = body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "class")
+        .unwrap();
+    assert_eq!(class["data"][0], u64::from(label));
+    let after = server.metrics().await;
+    assert_eq!(
+        metric(
+            &after,
+            "siesta_device_memory_bytes{model=\"mnist\",device=\"cpu\"}"
+        ),
+        Some(held)
+    );
+    // A second request finds the weights resident: no restore header.
+    let resp = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key("x-siesta-restored-ms"));
+}
+
+#[tokio::test]
+async fn idle_exit_drains_and_exits_zero() {
+    let mut server = Server::start(&["--idle-exit-after", "500ms"]);
+    server.wait_ready().await;
+    let r = reqwest::Client::new()
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "exited before the idle period"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_every_in_flight_request_then_exits_zero() {
+    // Long queue delay and a batch large enough that requests sit queued when SIGTERM lands.
+    let mut server = Server::start(&["--max-queue-delay", "700ms", "--max-batch-size", "64"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let digits = held_out_digits();
+    let mut tasks = Vec::new();
+    for (img, label) in digits.into_iter().take(20) {
+        let client = client.clone();
+        let url = server.url("/v2/models/mnist/infer");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&mnist_v2_body(&[img]))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (status, body, label)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    server.sigterm();
+    let mut ok = 0;
+    for t in tasks {
+        let (status, body, label) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let class = body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "class")
+            .unwrap();
+        ok += usize::from(class["data"][0] == u64::from(label));
+    }
+    assert!(ok >= 19, "{ok} of 20 right");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[tokio::test]
+async fn overload_is_answered_at_once_with_429() {
+    let server = Server::start(&["--queue-limit", "2", "--max-queue-delay", "400ms"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = client.clone();
+        let url = server.url("/v2/models/mnist/infer");
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = client
+                .post(url)
+                .json(&mnist_v2_body(&[vec![0.0; 784]]))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r.headers().contains_key("retry-after");
+            let body: Value = r.json().await.unwrap();
+            (status, started.elapsed(), retry_after, body)
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        let (status, took, retry_after, body) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                shed += 1;
+                assert!(retry_after);
+                assert!(body["error"].as_str().unwrap().contains("overloaded"));
+                // Shed without waiting for the 400 ms batch window: fast, not a timeout.
+                assert!(took < Duration::from_millis(350), "429 took {took:?}");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(ok >= 2 && shed >= 1, "ok {ok}, shed {shed}");
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_is_dropped_before_compute() {
+    let server = Server::start(&["--max-queue-delay", "600ms"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let r = client
+        .post(server.url("/v2/models/mnist/infer"))
+        .json(&mnist_v2_body(&[vec![0.0; 784]]))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client should have timed out");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "siesta_dropped_requests_total{model=\"mnist\",reason=\"client_gone\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "siesta_batch_size_count{model=\"mnist\"}").is_none(),
+        "no batch should have run: {m}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched() {
+    let server = Server::start(&["--max-queue-delay", "100ms"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        let url = server.url("/v2/models/mnist/infer");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&mnist_v2_body(&[vec![0.0; 784]]))
+                .send()
+                .await
+                .unwrap();
+            r.headers()["x-siesta-batch-rows"]
+                .to_str()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        }));
+    }
+    let mut biggest = 0;
+    for t in tasks {
+        biggest = biggest.max(t.await.unwrap());
+    }
+    assert!(
+        biggest > 1,
+        "8 concurrent requests inside a 100 ms window never shared a batch"
+    );
+    let m = server.metrics().await;
+    assert!(
+        metric(&m, "siesta_batch_size_count{model=\"mnist\"}").unwrap() < 8.0,
+        "{m}"
+    );
+}
