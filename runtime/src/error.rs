@@ -118,6 +118,14 @@ impl IntoResponse for ServeError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if matches!(
+            self,
+            ServeError::BodyTooLarge { .. } | ServeError::ClientTimeout(_)
+        ) {
+            // The rest of the body was never read, so this connection cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
