@@ -10,6 +10,63 @@ fn invalid(msg: String) -> ServeError {
     ServeError::InvalidInput(msg)
 }
 
+/// Quotes bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) so serde_json can read
+/// them: Triton's clients (perf_analyzer's random data, for one) send them, and Triton accepts them.
+/// Float decoding then takes the quoted names back as non-finite values.
+pub fn quote_non_finite(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
+    if !has(b"NaN") && !has(b"Infinity") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(json.len() + 64);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| json[i..].starts_with(t));
+        match (b, token) {
+            (b'"', _) => {
+                in_string = true;
+                out.push(b);
+                i += 1;
+            }
+            (_, Some(t)) => {
+                out.push(b'"');
+                out.extend_from_slice(t);
+                out.push(b'"');
+                i += t.len();
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn non_finite(v: &Value) -> Option<f64> {
+    match v.as_str()? {
+        "NaN" | "nan" => Some(f64::NAN),
+        "Infinity" | "inf" => Some(f64::INFINITY),
+        "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
 /// Shape of a rectangular nested array (`[]` for a scalar).
 pub fn infer_shape(v: &Value) -> Result<Vec<usize>> {
     let mut shape = Vec::new();
@@ -84,7 +141,7 @@ pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Resul
     macro_rules! floats {
         ($conv:expr) => {
             for (i, v) in values.iter().enumerate() {
-                let x = v.as_f64().ok_or_else(|| bad(i, v))?;
+                let x = v.as_f64().or_else(|| non_finite(v)).ok_or_else(|| bad(i, v))?;
                 out.extend_from_slice(&$conv(x));
             }
         };
@@ -214,6 +271,18 @@ mod tests {
         ] {
             assert!(encode_values("x", dt, &[&v]).is_err(), "{dt} {v}");
         }
+    }
+
+    #[test]
+    fn non_finite_tokens_outside_strings_become_floats() {
+        let body = br#"{"s": "NaN Infinity \" NaN", "d": [NaN, -Infinity, Infinity, 1.5]}"#;
+        let v: Value = serde_json::from_slice(&quote_non_finite(body)).unwrap();
+        assert_eq!(v["s"], "NaN Infinity \" NaN");
+        let leaves: Vec<&Value> = v["d"].as_array().unwrap().iter().collect();
+        let bytes = encode_values("x", DataType::F32, &leaves).unwrap();
+        let f: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert!(f[0].is_nan() && f[1] == f32::NEG_INFINITY && f[2] == f32::INFINITY && f[3] == 1.5);
+        assert!(matches!(quote_non_finite(b"[1, 2]"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

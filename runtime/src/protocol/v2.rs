@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use siesta_models::{DataType, Tensor};
 
-use super::json_data::{decode_values, encode_values, flatten};
+use super::json_data::{decode_values, encode_values, flatten, quote_non_finite};
 use super::{InferRequest, InferResponse, RequestedOutput};
 use crate::error::{Result, ServeError};
 
@@ -98,8 +98,8 @@ pub fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(&'a [
 
 /// Parses a V2 infer request (JSON header plus optional binary section).
 pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
-    let body: InferRequestBody =
-        serde_json::from_slice(json).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
+    let body: InferRequestBody = serde_json::from_slice(&quote_non_finite(json))
+        .map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
     let binary_output_default =
         param_bool(body.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
     let mut inputs = Vec::with_capacity(body.inputs.len());

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine with Rust: installs what the tests need
+# (protoc, hey, a Python venv with tritonclient, KServe's SDK and pytest, perf_analyzer), checks
+# formatting and lints, then runs the Rust tests and the Python client tests against the binary.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v hey >/dev/null || need_apt+=(hey)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+PYTHON="$ROOT/.venv/bin/python" scripts/install-perf-analyzer.sh
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --all-targets
+
+echo "== Python clients against target/debug/siesta"
+export SIESTA_BIN="$ROOT/target/debug/siesta"
+cd tests/python
+# tritonclient's and KServe's protobuf modules both define `inference.*`: one process each.
+for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py; do
+  "$ROOT/.venv/bin/python" -m pytest -q "$suite"
+done
+echo "== all tests passed"
