@@ -1,5 +1,7 @@
 //! The `siesta` binary.
 
+mod decide;
+
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use siesta_lifecycle::autoscaler::DeciderSpec;
 use siesta_models::DeviceSpec;
 use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
@@ -38,6 +41,22 @@ enum LogFormat {
 enum Command {
     /// Serve a model over KServe V1, V2 REST and V2 gRPC.
     Serve(ServeArgs),
+    /// Autoscaler tools.
+    #[command(subcommand)]
+    Scale(ScaleCommand),
+}
+
+#[derive(Subcommand)]
+enum ScaleCommand {
+    /// Replays observations through the KPA decider: JSON lines
+    /// {"now_ms", "ready", "stable", "panic", "reachable"?} on stdin, one
+    /// {"desired", "excess_burst_capacity", "panicking"} line out per line in.
+    Decide {
+        /// Decider spec (YAML): target, total_target, target_burst_capacity, panic_threshold,
+        /// max_scale_up_rate, max_scale_down_rate, stable_window, scale_down_delay, activation_scale.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Parser)]
@@ -99,6 +118,9 @@ struct ServeArgs {
     /// Where http(s) models are downloaded.
     #[arg(long, env = "SIESTA_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Names this replica in logs and spans (the lifecycle manager sets it).
+    #[arg(long, env = "SIESTA_REPLICA_ID")]
+    replica_id: Option<String>,
     /// PREFIX=TARGET, e.g. gs://kfserving-examples/models/=file:///srv/models/ (repeatable).
     #[arg(long, value_parser = parse_mirror)]
     storage_mirror: Vec<(String, String)>,
@@ -179,6 +201,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
             release_after: a.idle_release_after,
             exit_after: a.idle_exit_after,
         },
+        replica_id: a.replica_id.unwrap_or_else(|| format!("pid-{}", std::process::id())),
     })
 }
 
@@ -186,6 +209,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Scale(ScaleCommand::Decide { config }) => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let spec = DeciderSpec::from_yaml(&text).with_context(|| format!("in {}", config.display()))?;
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::stdout().lock();
+            decide::run(spec, stdin, stdout)
+        }
         Command::Serve(args) => {
             let cfg = serve_config(args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()

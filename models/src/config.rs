@@ -31,8 +31,9 @@ pub struct ModelConfig {
     /// Rows per batch; 0 means the model has no batch dimension and is never batched.
     #[serde(default)]
     pub max_batch_size: usize,
-    /// How long the batcher waits to fill a batch.
-    #[serde(default = "default_queue_delay_us")]
+    /// How long the batcher waits after the oldest request to fill a batch. 0 (the default)
+    /// batches only what queued while the model was busy, so a lone request never waits.
+    #[serde(default)]
     pub max_queue_delay_us: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
@@ -41,10 +42,6 @@ pub struct ModelConfig {
     /// Free-form facts about the model (e.g. held-out accuracy), shown in metadata.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub info: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_queue_delay_us() -> u64 {
-    1000
 }
 
 impl ModelConfig {

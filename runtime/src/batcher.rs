@@ -63,6 +63,9 @@ pub async fn run(
             let queued = match queue.try_recv() {
                 Ok(q) => q,
                 Err(TryRecvError::Disconnected) => break,
+                // An expired deadline must not go through the timer: its 1 ms resolution would
+                // add a millisecond to every lone request.
+                Err(TryRecvError::Empty) if tokio::time::Instant::now() >= deadline => break,
                 Err(TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, queue.recv()).await {
                         Ok(Some(q)) => q,

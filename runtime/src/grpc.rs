@@ -323,7 +323,7 @@ impl GrpcInferenceService for GrpcService {
         let started = Instant::now();
         let r = req.into_inner();
         let (name, version) = (r.model_name.clone(), r.model_version.clone());
-        let span = tracing::info_span!("infer", model = %name, protocol = "grpc");
+        let span = tracing::info_span!("infer", model = %name, replica = %self.svc.replica, protocol = "grpc");
         let result = self
             .svc
             .infer(&name, Some(&version), move |_| {

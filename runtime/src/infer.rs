@@ -21,6 +21,8 @@ pub struct InferService {
     pub registry: Arc<ModelRegistry>,
     pub lifecycle: Arc<ServerLifecycle>,
     pub request_timeout: Duration,
+    /// Which replica this server is, for logs and spans (`--replica-id`).
+    pub replica: Arc<str>,
 }
 
 impl InferService {

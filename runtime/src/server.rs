@@ -27,6 +27,8 @@ pub struct ServeConfig {
     /// The longest SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
     pub idle: IdlePolicy,
+    /// Names this replica in logs and spans.
+    pub replica_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,7 @@ pub async fn run(
         registry: registry.clone(),
         lifecycle: lifecycle.clone(),
         request_timeout: cfg.request_timeout,
+        replica: cfg.replica_id.as_str().into(),
     };
 
     let bind = |addr: SocketAddr| async move {

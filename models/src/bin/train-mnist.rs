@@ -140,7 +140,7 @@ fn write_model(varmap: &VarMap, dir: &PathBuf, acc: f32, held_out: usize) -> Res
         "architecture": ARCHITECTURE,
         "weights": "model.safetensors",
         "max_batch_size": 64,
-        "max_queue_delay_us": 1000,
+        "max_queue_delay_us": 0,
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, SIDE, SIDE]}],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [10]},

@@ -46,7 +46,7 @@ pub async fn predict(
     let (name, verb) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
     let resp = match verb {
         "predict" => predict_inner(&state, name, &headers, body, started)
-            .instrument(tracing::info_span!("predict", model = %name, protocol = "v1"))
+            .instrument(tracing::info_span!("predict", model = %name, replica = %state.service.replica, protocol = "v1"))
             .await
             .unwrap_or_else(IntoResponse::into_response),
         "explain" => {

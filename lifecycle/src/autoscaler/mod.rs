@@ -1,0 +1,10 @@
+//! The Knative Pod Autoscaler, exactly: target resolution, the per-tick decision, the
+//! scale-down-delay window.
+
+pub mod decider;
+pub mod duration;
+pub mod max_window;
+pub mod spec;
+
+pub use decider::{Decider, Decision, Observation};
+pub use spec::{DeciderSpec, SpecError};
