@@ -22,18 +22,26 @@ fn yes() -> bool {
     true
 }
 
-/// The decider is created at the first line, with that line's time and ready count, as Knative
-/// creates one when the revision's autoscaler starts (starting in panic if more than one
-/// replica is ready).
-pub fn run(spec: DeciderSpec, input: impl BufRead, mut output: impl Write) -> Result<()> {
+/// The decider is created at the first line's time with `initial_ready` replicas (default: the
+/// first line's `ready`), as Knative creates one when a revision's autoscaler starts, in panic
+/// when more than one replica is ready.
+pub fn run(
+    spec: DeciderSpec,
+    initial_ready: Option<u32>,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> Result<()> {
     let mut decider: Option<Decider> = None;
     for (n, line) in input.lines().enumerate() {
         let line = line.context("reading stdin")?;
         if line.trim().is_empty() {
             continue;
         }
-        let l: Line = serde_json::from_str(&line).with_context(|| format!("line {}: {line}", n + 1))?;
-        let d = decider.get_or_insert_with(|| Decider::new(spec.clone(), l.now_ms, l.ready));
+        let l: Line =
+            serde_json::from_str(&line).with_context(|| format!("line {}: {line}", n + 1))?;
+        let d = decider.get_or_insert_with(|| {
+            Decider::new(spec.clone(), l.now_ms, initial_ready.unwrap_or(l.ready))
+        });
         let decision = d.scale(Observation {
             now_ms: l.now_ms,
             ready: l.ready,

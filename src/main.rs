@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use siesta_lifecycle::autoscaler::DeciderSpec;
+use siesta_lifecycle::autoscaler::spec::DeciderSpecFile;
 use siesta_models::DeviceSpec;
 use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
@@ -40,7 +41,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a model over KServe V1, V2 REST and V2 gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Autoscaler tools.
     #[command(subcommand)]
     Scale(ScaleCommand),
@@ -201,7 +202,9 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
             release_after: a.idle_release_after,
             exit_after: a.idle_exit_after,
         },
-        replica_id: a.replica_id.unwrap_or_else(|| format!("pid-{}", std::process::id())),
+        replica_id: a
+            .replica_id
+            .unwrap_or_else(|| format!("pid-{}", std::process::id())),
     })
 }
 
@@ -210,14 +213,19 @@ fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Scale(ScaleCommand::Decide { config }) => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let spec = DeciderSpec::from_yaml(&text).with_context(|| format!("in {}", config.display()))?;
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let file = DeciderSpecFile::parse(&text)
+                .with_context(|| format!("in {}", config.display()))?;
+            let initial_ready = file.initial_ready;
+            let spec =
+                DeciderSpec::from_file(file).with_context(|| format!("in {}", config.display()))?;
             let stdin = std::io::stdin().lock();
             let stdout = std::io::stdout().lock();
-            decide::run(spec, stdin, stdout)
+            decide::run(spec, initial_ready, stdin, stdout)
         }
         Command::Serve(args) => {
-            let cfg = serve_config(args)?;
+            let cfg = serve_config(*args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -12,8 +12,16 @@ use siesta_models::storage::{StorageOptions, parse_mirror, resolve};
 fn model_dir(root: &Path, name: &str) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), siesta_models::embedded::MNIST_CONFIG).unwrap();
-    std::fs::write(dir.join("model.safetensors"), siesta_models::embedded::MNIST_WEIGHTS).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        siesta_models::embedded::MNIST_CONFIG,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        siesta_models::embedded::MNIST_WEIGHTS,
+    )
+    .unwrap();
     dir
 }
 
@@ -32,8 +40,15 @@ fn local_paths_and_file_uris_resolve_inside_the_root() {
     let o = opts(Some(root.path()), root.path());
     let canonical = dir.canonicalize().unwrap();
     assert_eq!(resolve(dir.to_str().unwrap(), &o).unwrap(), canonical);
-    assert_eq!(resolve(&format!("file://{}", dir.display()), &o).unwrap(), canonical);
-    assert_eq!(resolve("mnist", &o).unwrap(), canonical, "relative to the model root");
+    assert_eq!(
+        resolve(&format!("file://{}", dir.display()), &o).unwrap(),
+        canonical
+    );
+    assert_eq!(
+        resolve("mnist", &o).unwrap(),
+        canonical,
+        "relative to the model root"
+    );
 
     let err = resolve("mnist/../..", &o).unwrap_err();
     assert!(matches!(err, StorageError::EscapesRoot { .. }), "{err}");
@@ -51,10 +66,20 @@ fn cloud_schemes_go_through_mirrors_or_fail_saying_what_was_tried() {
     let err = resolve("gs://kfserving-examples/models/tensorflow/flowers", &o).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StorageError::NoMirror { .. }));
-    assert!(msg.contains("--storage-mirror") && msg.contains("gs://"), "{msg}");
+    assert!(
+        msg.contains("--storage-mirror") && msg.contains("gs://"),
+        "{msg}"
+    );
 
-    o.mirrors.push(parse_mirror(&format!("gs://kfserving-examples/models/tensorflow/=file://{}/", root.path().display())).unwrap());
-    o.mirrors.push(parse_mirror("gs://kfserving-examples/=file:///nonexistent/").unwrap());
+    o.mirrors.push(
+        parse_mirror(&format!(
+            "gs://kfserving-examples/models/tensorflow/=file://{}/",
+            root.path().display()
+        ))
+        .unwrap(),
+    );
+    o.mirrors
+        .push(parse_mirror("gs://kfserving-examples/=file:///nonexistent/").unwrap());
     assert_eq!(
         resolve("gs://kfserving-examples/models/tensorflow/flowers", &o).unwrap(),
         dir.canonicalize().unwrap(),
@@ -63,8 +88,16 @@ fn cloud_schemes_go_through_mirrors_or_fail_saying_what_was_tried() {
     let err = resolve("gs://kfserving-examples/models/tensorflow/../../../etc", &o).unwrap_err();
     assert!(matches!(err, StorageError::Invalid { .. }), "{err}");
     let err = resolve("s3://bucket/model", &o).unwrap_err();
-    assert!(err.to_string().contains("tried mirrors [gs://kfserving-examples/models/tensorflow/, gs://kfserving-examples/]"), "{err}");
-    assert!(matches!(resolve("ftp://host/model", &o).unwrap_err(), StorageError::Invalid { .. }));
+    assert!(
+        err.to_string().contains(
+            "tried mirrors [gs://kfserving-examples/models/tensorflow/, gs://kfserving-examples/]"
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        resolve("ftp://host/model", &o).unwrap_err(),
+        StorageError::Invalid { .. }
+    ));
 
     assert!(parse_mirror("no-equals-sign").is_err());
     assert!(parse_mirror("ftp://x/=file:///y/").is_err());
@@ -84,12 +117,23 @@ fn http_server(files: Vec<(String, Vec<u8>)>, lie_about_length: bool) -> String 
             let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
             match files.iter().find(|(p, _)| *p == path) {
                 Some((_, body)) => {
-                    let announced = body.len() + if lie_about_length && path.ends_with(".safetensors") { 100 } else { 0 };
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\nconnection: close\r\n\r\n");
+                    let announced = body.len()
+                        + if lie_about_length && path.ends_with(".safetensors") {
+                            100
+                        } else {
+                            0
+                        };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\nconnection: close\r\n\r\n"
+                    );
                     let _ = s.write_all(body);
                 }
                 None => {
-                    let _ = write!(s, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
                 }
             }
         }
@@ -98,7 +142,8 @@ fn http_server(files: Vec<(String, Vec<u8>)>, lie_about_length: bool) -> String 
 }
 
 fn config_with_checksum(sha: &str) -> Vec<u8> {
-    let mut cfg: serde_json::Value = serde_json::from_slice(siesta_models::embedded::MNIST_CONFIG).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(siesta_models::embedded::MNIST_CONFIG).unwrap();
     cfg["weights_sha256"] = serde_json::Value::String(sha.to_string());
     cfg.to_string().into_bytes()
 }
@@ -106,7 +151,10 @@ fn config_with_checksum(sha: &str) -> Vec<u8> {
 #[test]
 fn http_models_are_downloaded_verified_and_cached_atomically() {
     let weights = siesta_models::embedded::MNIST_WEIGHTS.to_vec();
-    let good_sha: String = Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();
+    let good_sha: String = Sha256::digest(&weights)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let cache = tempfile::tempdir().unwrap();
     let o = opts(None, cache.path());
 
@@ -114,34 +162,58 @@ fn http_models_are_downloaded_verified_and_cached_atomically() {
         vec![
             ("/good/config.json".into(), config_with_checksum(&good_sha)),
             ("/good/model.safetensors".into(), weights.clone()),
-            ("/bad/config.json".into(), config_with_checksum(&"0".repeat(64))),
+            (
+                "/bad/config.json".into(),
+                config_with_checksum(&"0".repeat(64)),
+            ),
             ("/bad/model.safetensors".into(), weights.clone()),
         ],
         false,
     );
     let dir = resolve(&format!("{base}/good/"), &o).unwrap();
-    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), weights);
-    assert_eq!(resolve(&format!("{base}/good"), &o).unwrap(), dir, "served from the cache the second time");
-    let model = siesta_models::load_model(&siesta_models::ModelSource::Dir(dir), &Default::default()).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert_eq!(
+        resolve(&format!("{base}/good"), &o).unwrap(),
+        dir,
+        "served from the cache the second time"
+    );
+    let model =
+        siesta_models::load_model(&siesta_models::ModelSource::Dir(dir), &Default::default())
+            .unwrap();
     assert_eq!(model.config().name, "mnist");
 
     let err = resolve(&format!("{base}/bad"), &o).unwrap_err();
-    assert!(matches!(err, StorageError::ChecksumMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::ChecksumMismatch { .. }),
+        "{err}"
+    );
     let err = resolve(&format!("{base}/missing"), &o).unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 
     let lying = http_server(
-        vec![("/m/config.json".into(), config_with_checksum(&good_sha)), ("/m/model.safetensors".into(), weights)],
+        vec![
+            ("/m/config.json".into(), config_with_checksum(&good_sha)),
+            ("/m/model.safetensors".into(), weights),
+        ],
         true,
     );
     let err = resolve(&format!("{lying}/m"), &o).unwrap_err();
     assert!(
-        matches!(err, StorageError::SizeMismatch { .. } | StorageError::Download { .. }),
+        matches!(
+            err,
+            StorageError::SizeMismatch { .. } | StorageError::Download { .. }
+        ),
         "a short download is an error: {err}"
     );
 
     // Only the one good model is in the cache: failed downloads left nothing behind.
-    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
@@ -150,9 +222,11 @@ fn a_missing_weights_file_is_a_load_error_naming_the_file() {
     let root = tempfile::tempdir().unwrap();
     let dir = model_dir(root.path(), "m");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let err = match siesta_models::load_model(&siesta_models::ModelSource::Dir(dir), &Default::default()) {
-        Err(e) => e,
-        Ok(_) => panic!("loaded without weights"),
-    };
+    let err =
+        match siesta_models::load_model(&siesta_models::ModelSource::Dir(dir), &Default::default())
+        {
+            Err(e) => e,
+            Ok(_) => panic!("loaded without weights"),
+        };
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }

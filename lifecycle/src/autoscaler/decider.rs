@@ -72,7 +72,11 @@ impl Decider {
         let spec = &self.spec;
         let ready = f64::from(obs.ready.max(1));
         let max_up = (spec.max_scale_up_rate * ready).ceil();
-        let max_down = if obs.reachable { (ready / spec.max_scale_down_rate).floor() } else { 0.0 };
+        let max_down = if obs.reachable {
+            (ready / spec.max_scale_down_rate).floor()
+        } else {
+            0.0
+        };
 
         let wanted_stable = (obs.stable / spec.target).ceil();
         let wanted_panic = (obs.panic / spec.target).ceil();

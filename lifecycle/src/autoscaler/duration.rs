@@ -13,10 +13,16 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 60s, 1m30s, 500ms)"))?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration (e.g. 60s, 1m30s, 500ms)"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
         let scale = match unit {
             "h" => 3600.0,
@@ -25,7 +31,11 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             "ms" => 1e-3,
             "us" | "µs" => 1e-6,
             "ns" => 1e-9,
-            _ => return Err(format!("'{s}': unknown unit '{unit}' (use h, m, s, ms, us, ns)")),
+            _ => {
+                return Err(format!(
+                    "'{s}': unknown unit '{unit}' (use h, m, s, ms, us, ns)"
+                ));
+            }
         };
         total += value * scale;
         rest = next;
@@ -41,7 +51,10 @@ mod tests {
     fn go_durations() {
         assert_eq!(parse_go_duration("60s").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_go_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_go_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_go_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("60").is_err());

@@ -17,7 +17,9 @@ impl MaxTimeWindow {
     pub fn new(duration: Duration, granularity: Duration) -> Self {
         let granularity_ms = (granularity.as_millis() as u64).max(1);
         MaxTimeWindow {
-            buckets: (duration.as_millis() as u64).div_ceil(granularity_ms).max(1),
+            buckets: (duration.as_millis() as u64)
+                .div_ceil(granularity_ms)
+                .max(1),
             granularity_ms,
             entries: VecDeque::new(),
         }
@@ -26,7 +28,11 @@ impl MaxTimeWindow {
     /// Records `value` at `now_ms` (milliseconds on any fixed clock).
     pub fn record(&mut self, now_ms: u64, value: i32) {
         let index = now_ms / self.granularity_ms;
-        while self.entries.front().is_some_and(|&(i, _)| index.saturating_sub(i) >= self.buckets) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|&(i, _)| index.saturating_sub(i) >= self.buckets)
+        {
             self.entries.pop_front();
         }
         while self.entries.back().is_some_and(|&(_, v)| v <= value) {

@@ -81,11 +81,23 @@ pub struct DeciderSpecFile {
     pub scale_down_delay: Option<String>,
     pub activation_scale: Option<u32>,
     pub tick: Option<String>,
+    /// Ready replicas when the decider was created (replay only; default: the first
+    /// observation's). Knative's unit tests create their autoscaler with 1.
+    pub initial_ready: Option<u32>,
+}
+
+impl DeciderSpecFile {
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        serde_yaml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))
+    }
 }
 
 impl DeciderSpec {
     pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
-        let file: DeciderSpecFile = serde_yaml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        Self::from_file(DeciderSpecFile::parse(text)?)
+    }
+
+    pub fn from_file(file: DeciderSpecFile) -> Result<Self, SpecError> {
         let d = DeciderSpec::default();
         let dur = |field: &'static str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
@@ -94,12 +106,18 @@ impl DeciderSpec {
         let spec = DeciderSpec {
             target: file.target.unwrap_or(d.target),
             total_target: file.total_target.unwrap_or(d.total_target),
-            target_burst_capacity: file.target_burst_capacity.unwrap_or(d.target_burst_capacity),
+            target_burst_capacity: file
+                .target_burst_capacity
+                .unwrap_or(d.target_burst_capacity),
             panic_threshold: file.panic_threshold.unwrap_or(d.panic_threshold),
             max_scale_up_rate: file.max_scale_up_rate.unwrap_or(d.max_scale_up_rate),
             max_scale_down_rate: file.max_scale_down_rate.unwrap_or(d.max_scale_down_rate),
             stable_window: dur("stable_window", file.stable_window, d.stable_window)?,
-            scale_down_delay: dur("scale_down_delay", file.scale_down_delay, d.scale_down_delay)?,
+            scale_down_delay: dur(
+                "scale_down_delay",
+                file.scale_down_delay,
+                d.scale_down_delay,
+            )?,
             activation_scale: file.activation_scale.unwrap_or(d.activation_scale),
             tick: dur("tick", file.tick, d.tick)?,
         };
@@ -108,14 +126,19 @@ impl DeciderSpec {
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        let bad = |field, reason: &str| Err(SpecError::Invalid { field, reason: reason.to_string() });
-        if !(self.target > 0.0) {
+        let bad = |field, reason: &str| {
+            Err(SpecError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.target.is_nan() || self.target <= 0.0 {
             return bad("target", "must be > 0");
         }
-        if !(self.max_scale_up_rate > 1.0) {
+        if self.max_scale_up_rate.is_nan() || self.max_scale_up_rate <= 1.0 {
             return bad("max_scale_up_rate", "must be > 1");
         }
-        if !(self.max_scale_down_rate > 1.0) {
+        if self.max_scale_down_rate.is_nan() || self.max_scale_down_rate <= 1.0 {
             return bad("max_scale_down_rate", "must be > 1");
         }
         if self.target_burst_capacity < 0.0 && self.target_burst_capacity != -1.0 {

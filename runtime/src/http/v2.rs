@@ -165,7 +165,8 @@ async fn infer_observed(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!("infer", model = %model, replica = %s.service.replica, protocol = "v2");
+    let span =
+        tracing::info_span!("infer", model = %model, replica = %s.service.replica, protocol = "v2");
     let resp = infer_inner(&s, &model, version.as_deref(), &headers, body, started)
         .instrument(span)
         .await

@@ -141,7 +141,10 @@ pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Resul
     macro_rules! floats {
         ($conv:expr) => {
             for (i, v) in values.iter().enumerate() {
-                let x = v.as_f64().or_else(|| non_finite(v)).ok_or_else(|| bad(i, v))?;
+                let x = v
+                    .as_f64()
+                    .or_else(|| non_finite(v))
+                    .ok_or_else(|| bad(i, v))?;
                 out.extend_from_slice(&$conv(x));
             }
         };
@@ -280,9 +283,15 @@ mod tests {
         assert_eq!(v["s"], "NaN Infinity \" NaN");
         let leaves: Vec<&Value> = v["d"].as_array().unwrap().iter().collect();
         let bytes = encode_values("x", DataType::F32, &leaves).unwrap();
-        let f: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let f: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert!(f[0].is_nan() && f[1] == f32::NEG_INFINITY && f[2] == f32::INFINITY && f[3] == 1.5);
-        assert!(matches!(quote_non_finite(b"[1, 2]"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            quote_non_finite(b"[1, 2]"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

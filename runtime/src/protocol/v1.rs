@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 use siesta_models::{DataType, ModelConfig, Tensor, TensorSpec};
 
 use super::InferRequest;
-use super::json_data::{decode_values, encode_values, flatten, infer_shape, nest, quote_non_finite};
+use super::json_data::{
+    decode_values, encode_values, flatten, infer_shape, nest, quote_non_finite,
+};
 use crate::error::{Result, ServeError};
 
 fn invalid(msg: impl Into<String>) -> ServeError {
@@ -15,8 +17,8 @@ fn invalid(msg: impl Into<String>) -> ServeError {
 
 /// Parses a V1 predict body against the model's inputs.
 pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> {
-    let body: Value =
-        serde_json::from_slice(&quote_non_finite(body)).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
+    let body: Value = serde_json::from_slice(&quote_non_finite(body))
+        .map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
     let obj = body.as_object().ok_or_else(|| {
         invalid("the request body must be a JSON object with \"instances\" or \"inputs\"")
     })?;
