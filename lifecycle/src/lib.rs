@@ -1,4 +1,5 @@
-//! Siesta's lifecycle manager. This crate starts with the part every other piece depends on: the
-//! Knative-exact autoscaler, driven with explicit time.
+//! Siesta's lifecycle manager. So far: InferenceService manifests with Knative's target
+//! resolution, and the Knative-exact autoscaler decider, driven with explicit time.
 
 pub mod autoscaler;
+pub mod manifest;
