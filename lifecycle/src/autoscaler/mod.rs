@@ -5,6 +5,8 @@ pub mod decider;
 pub mod duration;
 pub mod max_window;
 pub mod spec;
+pub mod window;
 
 pub use decider::{Decider, Decision, Observation};
 pub use spec::{DeciderSpec, SpecError};
+pub use window::WindowAverage;

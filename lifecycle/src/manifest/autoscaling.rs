@@ -79,7 +79,6 @@ pub struct ComponentScaling {
     pub panic_window: Duration,
     pub scale_to_zero_grace: Duration,
     pub scale_to_zero_pod_retention: Duration,
-    pub weighted_exponential: bool,
 }
 
 pub(super) struct ComponentFields {
@@ -333,16 +332,15 @@ pub(super) fn resolve(
         )?
         .unwrap_or(cluster.scale_to_zero_pod_retention);
     let activation_scale = a.count("activation-scale", 1)?.unwrap_or(1);
-    let weighted_exponential = match a.get("metric-aggregation-algorithm") {
-        None | Some("linear") => false,
-        Some("weighted-exponential") => true,
+    match a.get("metric-aggregation-algorithm") {
+        None | Some("linear") => {}
         Some(other) => {
             return Err(err(
                 Annotations::path("metric-aggregation-algorithm"),
-                format!("'{other}' is not one of linear, weighted-exponential"),
+                format!("'{other}' is not supported: Siesta averages linearly"),
             ));
         }
-    };
+    }
     Ok(ComponentScaling {
         metric,
         decider: DeciderSpec {
@@ -363,7 +361,6 @@ pub(super) fn resolve(
         panic_window,
         scale_to_zero_grace: cluster.scale_to_zero_grace,
         scale_to_zero_pod_retention: retention,
-        weighted_exponential,
     })
 }
 
