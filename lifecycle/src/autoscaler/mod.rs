@@ -4,9 +4,11 @@
 pub mod decider;
 pub mod duration;
 pub mod max_window;
+pub mod reconciler;
 pub mod spec;
 pub mod window;
 
 pub use decider::{Decider, Decision, Observation};
+pub use reconciler::{Condition, Mode, Outcome, Reconciler, ReconcilerSpec};
 pub use spec::{DeciderSpec, SpecError};
 pub use window::WindowAverage;
