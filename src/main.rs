@@ -1,6 +1,7 @@
 //! The `siesta` binary.
 
 mod decide;
+mod up;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +46,52 @@ enum Command {
     /// Autoscaler tools.
     #[command(subcommand)]
     Scale(ScaleCommand),
+    /// Run InferenceService manifests on this host: a gateway on --port, local replicas, and the
+    /// Knative autoscaler per component.
+    Up(Box<UpArgs>),
+}
+
+#[derive(Parser)]
+struct UpArgs {
+    /// InferenceService manifests (YAML, several documents per file allowed).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Gateway address.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Gateway port (0 = any free port; printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Knative's stable window.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    stable_window: Duration,
+    /// Knative's panic window, as a percentage of the stable window.
+    #[arg(long, default_value_t = 10.0)]
+    panic_window_percentage: f64,
+    /// How long a component stays in the gateway's path before its last replica goes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    scale_to_zero_grace: Duration,
+    /// Decision tick (down to 100ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    tick: Duration,
+    /// Knative's target-burst-capacity (0: gateway only at zero; -1: always).
+    #[arg(long, default_value_t = 211.0, allow_hyphen_values = true)]
+    target_burst_capacity: f64,
+    /// Never scale to zero.
+    #[arg(long)]
+    no_scale_to_zero: bool,
+    /// Requests held per component while it has no ready replica.
+    #[arg(long, default_value_t = 1000)]
+    hold_queue: usize,
+    /// Where replica logs go.
+    #[arg(long, default_value = "siesta-logs")]
+    log_dir: PathBuf,
+    /// Device for replicas.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// PREFIX=TARGET storage mirrors, passed to every replica (repeatable).
+    #[arg(long, value_parser = parse_mirror)]
+    storage_mirror: Vec<(String, String)>,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +174,9 @@ struct ServeArgs {
     storage_mirror: Vec<(String, String)>,
 }
 
+/// `storageUri: siesta://mnist` names the model compiled into the binary.
+const EMBEDDED_URI: &str = "siesta://mnist";
+
 /// Durations as `500ms`, `2s`, `5m`, `1h`, or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -166,6 +216,7 @@ fn init_logging(format: LogFormat) {
 
 fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
     let location = match a.storage_uri {
+        Some(uri) if uri == EMBEDDED_URI => ModelLocation::Embedded,
         Some(uri) => ModelLocation::Uri(uri),
         None if a.model_name == MNIST_NAME => ModelLocation::Embedded,
         None => bail!(
@@ -223,6 +274,13 @@ fn main() -> Result<()> {
             let stdin = std::io::stdin().lock();
             let stdout = std::io::stdout().lock();
             decide::run(spec, initial_ready, stdin, stdout)
+        }
+        Command::Up(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(up::run(*args))
         }
         Command::Serve(args) => {
             let cfg = serve_config(*args)?;

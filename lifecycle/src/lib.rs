@@ -2,4 +2,7 @@
 //! resolution, and the Knative-exact autoscaler decider, driven with explicit time.
 
 pub mod autoscaler;
+pub mod backend;
+pub mod gateway;
 pub mod manifest;
+pub mod up;

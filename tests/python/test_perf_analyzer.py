@@ -13,7 +13,7 @@ PERF_ANALYZER = os.environ.get("PERF_ANALYZER", str(ROOT / ".tools" / "perf_anal
 
 def run(args):
     out = subprocess.run(
-        [PERF_ANALYZER, "-m", "mnist", "--concurrency-range", "2", "--measurement-interval", "1000", "--max-trials", "3", *args],
+        [PERF_ANALYZER, "-m", "mnist", "--concurrency-range", "2", "--measurement-interval", "1000", "--max-trials", "10", "--stability-percentage", "100", *args],
         capture_output=True, text=True, timeout=120,
     )
     text = out.stdout + out.stderr

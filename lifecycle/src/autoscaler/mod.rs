@@ -3,6 +3,7 @@
 
 pub mod decider;
 pub mod duration;
+pub mod live;
 pub mod max_window;
 pub mod reconciler;
 pub mod spec;

@@ -42,7 +42,7 @@ pub struct InferenceService {
     pub ignored: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ComponentKind {
     Predictor,
     Transformer,

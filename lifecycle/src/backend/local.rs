@@ -1,0 +1,305 @@
+//! One host, nvidia-docker style: each replica is a `siesta serve` child process on a free
+//! loopback port. A supervisor per component converges on the wanted count: starts replicas,
+//! publishes them once `/v2/health/ready` answers, stops extra ones with SIGTERM (they drain), and
+//! replaces replicas that crashed. Replica logs go to `LOG_DIR/<component>-<n>.log`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::{BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate};
+
+/// How long a replica may take from spawn to ready (model download and load included).
+const STARTUP_DEADLINE: Duration = Duration::from_secs(600);
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    siesta_bin: PathBuf,
+    log_dir: PathBuf,
+    components: Mutex<HashMap<ComponentKey, Arc<Component>>>,
+    next_replica: AtomicU64,
+    stopping: watch::Sender<bool>,
+}
+
+struct Component {
+    key: ComponentKey,
+    template: ReplicaTemplate,
+    desired: watch::Sender<u32>,
+    endpoints: watch::Sender<Vec<Endpoint>>,
+    replicas: Mutex<Vec<Replica>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready(SocketAddr),
+    Stopping,
+}
+
+struct Replica {
+    id: String,
+    child: Child,
+    phase: Phase,
+}
+
+impl LocalBackend {
+    pub fn new(siesta_bin: PathBuf, log_dir: PathBuf) -> Self {
+        LocalBackend {
+            inner: Arc::new(Inner {
+                siesta_bin,
+                log_dir,
+                components: Mutex::new(HashMap::new()),
+                next_replica: AtomicU64::new(1),
+                stopping: watch::channel(false).0,
+            }),
+        }
+    }
+
+    fn component(&self, key: &ComponentKey) -> Result<Arc<Component>, BackendError> {
+        self.inner
+            .components
+            .lock()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| BackendError::Unknown(key.to_string()))
+    }
+}
+
+impl ReplicaBackend for LocalBackend {
+    fn register(&self, key: &ComponentKey, template: ReplicaTemplate) {
+        let component = Arc::new(Component {
+            key: key.clone(),
+            template,
+            desired: watch::channel(0).0,
+            endpoints: watch::channel(Vec::new()).0,
+            replicas: Mutex::new(Vec::new()),
+        });
+        self.inner.components.lock().insert(key.clone(), component.clone());
+        tokio::spawn(supervise(self.inner.clone(), component));
+    }
+
+    fn scale(&self, key: &ComponentKey, replicas: u32) -> Result<(), BackendError> {
+        let c = self.component(key)?;
+        c.desired.send_if_modified(|d| {
+            let changed = *d != replicas;
+            *d = replicas;
+            changed
+        });
+        Ok(())
+    }
+
+    fn endpoints(&self, key: &ComponentKey) -> Result<watch::Receiver<Vec<Endpoint>>, BackendError> {
+        Ok(self.component(key)?.endpoints.subscribe())
+    }
+
+    fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError> {
+        let c = self.component(key)?;
+        let replicas = c.replicas.lock();
+        Ok(BackendStatus {
+            desired: *c.desired.borrow(),
+            starting: replicas.iter().filter(|r| r.phase == Phase::Starting).count() as u32,
+            ready: replicas.iter().filter(|r| matches!(r.phase, Phase::Ready(_))).count() as u32,
+            pending_reason: None,
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        async move {
+            inner.stopping.send_replace(true);
+            let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
+            for c in &components {
+                c.desired.send_replace(0);
+            }
+            // The supervisors stop everything; wait until no replica is left.
+            for _ in 0..600 {
+                if components.iter().all(|c| c.replicas.lock().is_empty()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::warn!("replicas still running after 30 s of shutdown");
+        }
+        .boxed()
+    }
+}
+
+fn publish(c: &Component) {
+    let ready: Vec<Endpoint> = c
+        .replicas
+        .lock()
+        .iter()
+        .filter_map(|r| match r.phase {
+            Phase::Ready(addr) => Some(Endpoint {
+                replica: r.id.clone(),
+                addr,
+            }),
+            _ => None,
+        })
+        .collect();
+    c.endpoints.send_if_modified(|e| {
+        let changed = *e != ready;
+        *e = ready;
+        changed
+    });
+}
+
+async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
+    let mut desired = c.desired.subscribe();
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        reap(&c);
+        let want = *desired.borrow_and_update() as usize;
+        let live: Vec<usize> = {
+            let replicas = c.replicas.lock();
+            (0..replicas.len()).filter(|&i| replicas[i].phase != Phase::Stopping).collect()
+        };
+        if live.len() < want {
+            for _ in live.len()..want {
+                if let Err(e) = start_replica(&inner, &c) {
+                    tracing::error!(component = %c.key, error = %e, "cannot start a replica");
+                }
+            }
+        } else if live.len() > want {
+            stop_extra(&c, live.len() - want);
+        }
+        publish(&c);
+        if *stopping.borrow() && want == 0 && c.replicas.lock().is_empty() {
+            return;
+        }
+        tokio::select! {
+            _ = desired.changed() => {}
+            _ = stopping.changed() => {}
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+    }
+}
+
+/// Forgets replicas whose process exited; a replica that was not being stopped crashed (or
+/// exited on idle) and the next round replaces it if it is still wanted.
+fn reap(c: &Component) {
+    let mut replicas = c.replicas.lock();
+    replicas.retain_mut(|r| match r.child.try_wait() {
+        Ok(Some(status)) => {
+            if r.phase == Phase::Stopping {
+                tracing::info!(component = %c.key, replica = %r.id, %status, "replica stopped");
+            } else {
+                tracing::warn!(component = %c.key, replica = %r.id, %status, "replica exited unexpectedly");
+            }
+            false
+        }
+        _ => true,
+    });
+}
+
+/// Stops `n` replicas: starting ones first (they serve nobody yet), then the newest ready ones.
+fn stop_extra(c: &Component, n: usize) {
+    let mut replicas = c.replicas.lock();
+    let mut order: Vec<usize> = (0..replicas.len()).filter(|&i| replicas[i].phase != Phase::Stopping).collect();
+    order.sort_by_key(|&i| (matches!(replicas[i].phase, Phase::Ready(_)), std::cmp::Reverse(i)));
+    for &i in order.iter().take(n) {
+        let r = &mut replicas[i];
+        r.phase = Phase::Stopping;
+        if let Some(pid) = r.child.id() {
+            // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        tracing::info!(component = %c.key, replica = %r.id, "stopping replica");
+    }
+}
+
+fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> {
+    let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}-{n}", c.key);
+    std::fs::create_dir_all(&inner.log_dir)?;
+    let log = std::fs::File::create(inner.log_dir.join(format!("{id}.log")))?;
+    let mut child = Command::new(&inner.siesta_bin)
+        .arg("serve")
+        .args(["--host", "127.0.0.1", "--http-port", "0", "--no-grpc", "--replica-id", &id])
+        .args(&c.template.args)
+        .envs(c.template.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    c.replicas.lock().push(Replica {
+        id: id.clone(),
+        child,
+        phase: Phase::Starting,
+    });
+    tracing::info!(component = %c.key, replica = %id, "starting replica");
+    let c = c.clone();
+    tokio::spawn(async move {
+        match tokio::time::timeout(STARTUP_DEADLINE, wait_ready(stdout)).await {
+            Ok(Some(addr)) => {
+                let mut published = false;
+                if let Some(r) = c.replicas.lock().iter_mut().find(|r| r.id == id)
+                    && r.phase == Phase::Starting
+                {
+                    r.phase = Phase::Ready(addr);
+                    published = true;
+                }
+                if published {
+                    tracing::info!(component = %c.key, replica = %id, %addr, "replica ready");
+                    publish(&c);
+                }
+            }
+            Ok(None) => tracing::warn!(component = %c.key, replica = %id, "replica exited before it was ready"),
+            Err(_) => {
+                tracing::error!(component = %c.key, replica = %id, "replica not ready within the startup deadline");
+                if let Some(r) = c.replicas.lock().iter_mut().find(|r| r.id == id) {
+                    r.phase = Phase::Stopping;
+                    let _ = r.child.start_kill();
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reads the replica's listening line, then polls its readiness (model loaded and warmed up).
+async fn wait_ready(stdout: tokio::process::ChildStdout) -> Option<SocketAddr> {
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await.ok()?;
+    let addr: SocketAddr = line.split_whitespace().find_map(|w| w.strip_prefix("http="))?.parse().ok()?;
+    loop {
+        if probe_ready(addr).await {
+            return Some(addr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn probe_ready(addr: SocketAddr) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await else {
+        return false;
+    };
+    let req = format!("GET /v2/health/ready HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)).await,
+        Ok(Ok(_)) if &buf[9..12] == b"200"
+    )
+}

@@ -1,0 +1,201 @@
+//! The gateway: activator and queue-proxy in one. Routes by path (`/v1/models/{name}...`,
+//! `/v2/models/{name}/...`) or `Host` (`{name}.…`, `{name}-predictor.…`), counts demand per
+//! component, holds requests while a component has no ready replica, enforces
+//! `containerConcurrency`, and retries on another replica only requests that never reached one.
+
+pub mod pool;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use self::pool::{AcquireError, Pool};
+
+const MAX_BODY: usize = 64 << 20;
+const ATTEMPTS: usize = 3;
+
+/// The components of one InferenceService: where requests enter, and the predictor (which the
+/// transformer calls back through the gateway).
+pub struct Route {
+    pub entry: Arc<Pool>,
+    pub predictor: Arc<Pool>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    routes: Arc<HashMap<String, Route>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("no InferenceService serves {0}")]
+    NoRoute(String),
+    #[error("request body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Unavailable(#[from] AcquireError),
+    #[error("replica {replica} failed: {reason}")]
+    Upstream { replica: String, reason: String },
+    #[error("no response within the component's timeout of {0} s")]
+    Timeout(u64),
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            GatewayError::NoRoute(_) => StatusCode::NOT_FOUND,
+            GatewayError::Body(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        let mut resp = (status, axum::Json(serde_json::json!({"error": self.to_string()}))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl Gateway {
+    pub fn new(routes: HashMap<String, Route>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        Gateway {
+            routes: Arc::new(routes),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub fn router(self) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+
+    fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<(Arc<Pool>, Duration)> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split([':', '.']).next())
+            .unwrap_or_default();
+        if let Some(service) = host.strip_suffix("-predictor")
+            && let Some(r) = self.routes.get(service)
+        {
+            return Some((r.predictor.clone(), r.timeout));
+        }
+        let host_service = host.strip_suffix("-transformer").unwrap_or(host);
+        if let Some(r) = self.routes.get(host_service) {
+            return Some((r.entry.clone(), r.timeout));
+        }
+        let name = model_in_path(uri.path())?;
+        self.routes.get(name).map(|r| (r.entry.clone(), r.timeout))
+    }
+}
+
+fn model_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/models/").or_else(|| path.strip_prefix("/v2/models/"))?;
+    let name = rest.split(['/', ':']).next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Some((pool, timeout)) = gw.route(&parts.uri, &parts.headers) else {
+        return GatewayError::NoRoute(parts.uri.path().to_string()).into_response();
+    };
+    let _demand = pool.arrive();
+    let arrived = Instant::now();
+    let deadline = arrived + timeout;
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return GatewayError::Body(e.to_string()).into_response(),
+    };
+    let mut tried: Vec<String> = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let lease = match pool.acquire(deadline, &tried).await {
+            Ok(l) => l,
+            Err(e) => return GatewayError::from(e).into_response(),
+        };
+        let held = arrived.elapsed();
+        let uri = format!(
+            "http://{}{}",
+            lease.addr,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut upstream = hyper::Request::builder().method(parts.method.clone()).uri(uri);
+        for (k, v) in &parts.headers {
+            if k != header::HOST && k != header::CONNECTION && k != header::TRANSFER_ENCODING {
+                upstream = upstream.header(k, v);
+            }
+        }
+        let upstream = upstream.body(Full::new(body.clone())).expect("valid request parts");
+        let sent = tokio::time::timeout_at(deadline, gw.client.request(upstream)).await;
+        match sent {
+            Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
+            Ok(Err(e)) if e.is_connect() => {
+                // Never reached the replica: safe to try another.
+                tracing::warn!(component = %pool.key, replica = %lease.replica, error = %e, "connect failed; retrying");
+                tried.push(lease.replica.clone());
+                continue;
+            }
+            Ok(Err(e)) => {
+                return GatewayError::Upstream {
+                    replica: lease.replica.clone(),
+                    reason: e.to_string(),
+                }
+                .into_response();
+            }
+            Ok(Ok(resp)) => {
+                let (mut head, body) = resp.into_parts();
+                let body = match tokio::time::timeout_at(deadline, body.collect()).await {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    Ok(Err(e)) => {
+                        return GatewayError::Upstream {
+                            replica: lease.replica.clone(),
+                            reason: e.to_string(),
+                        }
+                        .into_response();
+                    }
+                    Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
+                };
+                drop(lease);
+                head.headers.remove(header::TRANSFER_ENCODING);
+                let ms = format!("{:.3}", held.as_secs_f64() * 1e3);
+                head.headers.insert("x-siesta-held-ms", HeaderValue::from_str(&ms).expect("ascii"));
+                return Response::from_parts(head, Body::from(body));
+            }
+        }
+    }
+    GatewayError::Upstream {
+        replica: tried.join(", "),
+        reason: "connection refused on every attempt".into(),
+    }
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_come_from_v1_and_v2_paths() {
+        assert_eq!(model_in_path("/v1/models/flowers-sample:predict"), Some("flowers-sample"));
+        assert_eq!(model_in_path("/v1/models/flowers-sample"), Some("flowers-sample"));
+        assert_eq!(model_in_path("/v2/models/mnist/infer"), Some("mnist"));
+        assert_eq!(model_in_path("/v2/health/ready"), None);
+        assert_eq!(model_in_path("/v1/models/"), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! `siesta up`: the manifests' components as local replicas behind one gateway, each with its
+//! own live autoscaler.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::autoscaler::live::LiveAutoscaler;
+use crate::backend::local::LocalBackend;
+use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
+use crate::gateway::pool::Pool;
+use crate::gateway::{Gateway, Route};
+use crate::manifest::{Component, InferenceService, Workload};
+
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub services: Vec<InferenceService>,
+    pub addr: SocketAddr,
+    /// The `siesta` binary replicas run (`siesta serve`).
+    pub siesta_bin: PathBuf,
+    pub log_dir: PathBuf,
+    /// Passed to every replica (`--storage-mirror`, `--device`, ...).
+    pub replica_args: Vec<String>,
+    /// Requests held per component while it has no ready replica.
+    pub hold_limit: usize,
+    pub enable_scale_to_zero: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{service}: {reason}")]
+    Unsupported { service: String, reason: String },
+    #[error("two InferenceServices are named '{0}'")]
+    Duplicate(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+fn template(isvc: &InferenceService, c: &Component, extra: &[String]) -> Result<ReplicaTemplate, UpError> {
+    match &c.workload {
+        Workload::Model(m) => {
+            let mut args = vec!["--model-name".to_string(), isvc.name.clone()];
+            if let Some(uri) = &m.storage_uri {
+                args.extend(["--storage-uri".to_string(), uri.clone()]);
+            }
+            if c.container_concurrency > 0 {
+                // The replica's own queue never needs to hold more than its hard limit.
+                args.extend(["--queue-limit".to_string(), (c.container_concurrency * 11).to_string()]);
+            }
+            args.extend(extra.iter().cloned());
+            Ok(ReplicaTemplate { args, env: Vec::new() })
+        }
+        Workload::Containers(_) => Err(UpError::Unsupported {
+            service: isvc.name.clone(),
+            reason: format!(
+                "the {} runs `containers:`, which need a container runtime; on one host Siesta runs models only",
+                c.kind.as_str()
+            ),
+        }),
+    }
+}
+
+/// Starts replicas, autoscalers and the gateway; returns when `shutdown` resolves, after every
+/// replica has drained.
+pub async fn run(
+    cfg: UpConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), UpError> {
+    let backend = Arc::new(LocalBackend::new(cfg.siesta_bin.clone(), cfg.log_dir.clone()));
+    let mut routes = HashMap::new();
+    let mut scalers = Vec::new();
+    for isvc in &cfg.services {
+        if routes.contains_key(&isvc.name) {
+            return Err(UpError::Duplicate(isvc.name.clone()));
+        }
+        let mut pools = Vec::new();
+        for c in std::iter::once(&isvc.predictor).chain(isvc.transformer.as_ref()) {
+            let key = ComponentKey {
+                service: isvc.name.clone(),
+                kind: c.kind,
+            };
+            backend.register(&key, template(isvc, c, &cfg.replica_args)?);
+            let endpoints = backend.endpoints(&key).expect("registered above");
+            let pool = Pool::new(key, c.container_concurrency, cfg.hold_limit, endpoints);
+            scalers.push(LiveAutoscaler {
+                pool: pool.clone(),
+                backend: backend.clone() as Arc<dyn ReplicaBackend>,
+                scaling: c.scaling.clone(),
+                enable_scale_to_zero: cfg.enable_scale_to_zero,
+            });
+            pools.push((pool, c.timeout));
+        }
+        let (predictor, timeout) = pools[0].clone();
+        let entry = pools.last().map(|(p, _)| p.clone()).unwrap_or_else(|| predictor.clone());
+        routes.insert(
+            isvc.name.clone(),
+            Route {
+                entry,
+                predictor,
+                timeout,
+            },
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|source| UpError::Bind { addr: cfg.addr, source })?;
+    let addr = listener.local_addr().map_err(|source| UpError::Bind { addr: cfg.addr, source })?;
+    let tasks: Vec<_> = scalers.into_iter().map(|s| tokio::spawn(s.run())).collect();
+    on_listening(addr);
+    let app = Gateway::new(routes).router();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "gateway stopped");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    backend.shutdown().await;
+    Ok(())
+}
