@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use siesta_lifecycle::manifest::{self, ClusterDefaults};
@@ -22,8 +23,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
     };
     let mut services = Vec::new();
     for file in &a.files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let parsed = manifest::parse(&text, &defaults).with_context(|| format!("in {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let parsed =
+            manifest::parse(&text, &defaults).with_context(|| format!("in {}", file.display()))?;
         for isvc in &parsed {
             for path in &isvc.ignored {
                 tracing::warn!(service = %isvc.name, field = %path, "field has no effect in Siesta");
@@ -43,6 +46,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
         replica_args,
         hold_limit: a.hold_queue,
         enable_scale_to_zero: !a.no_scale_to_zero,
+        metrics: {
+            let handle = siesta_runtime::metrics::install();
+            Arc::new(move || handle.render())
+        },
     };
     lifecycle_up::run(
         cfg,
@@ -58,7 +65,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -10,10 +10,10 @@ use crate::autoscaler::live::LiveAutoscaler;
 use crate::backend::local::LocalBackend;
 use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use crate::gateway::pool::Pool;
-use crate::gateway::{Gateway, Route};
+use crate::gateway::{Gateway, MetricsRender, Route};
 use crate::manifest::{Component, InferenceService, Workload};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpConfig {
     pub services: Vec<InferenceService>,
     pub addr: SocketAddr,
@@ -25,6 +25,7 @@ pub struct UpConfig {
     /// Requests held per component while it has no ready replica.
     pub hold_limit: usize,
     pub enable_scale_to_zero: bool,
+    pub metrics: MetricsRender,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +35,17 @@ pub enum UpError {
     #[error("two InferenceServices are named '{0}'")]
     Duplicate(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-fn template(isvc: &InferenceService, c: &Component, extra: &[String]) -> Result<ReplicaTemplate, UpError> {
+fn template(
+    isvc: &InferenceService,
+    c: &Component,
+    extra: &[String],
+) -> Result<ReplicaTemplate, UpError> {
     match &c.workload {
         Workload::Model(m) => {
             let mut args = vec!["--model-name".to_string(), isvc.name.clone()];
@@ -46,10 +54,16 @@ fn template(isvc: &InferenceService, c: &Component, extra: &[String]) -> Result<
             }
             if c.container_concurrency > 0 {
                 // The replica's own queue never needs to hold more than its hard limit.
-                args.extend(["--queue-limit".to_string(), (c.container_concurrency * 11).to_string()]);
+                args.extend([
+                    "--queue-limit".to_string(),
+                    (c.container_concurrency * 11).to_string(),
+                ]);
             }
             args.extend(extra.iter().cloned());
-            Ok(ReplicaTemplate { args, env: Vec::new() })
+            Ok(ReplicaTemplate {
+                args,
+                env: Vec::new(),
+            })
         }
         Workload::Containers(_) => Err(UpError::Unsupported {
             service: isvc.name.clone(),
@@ -68,8 +82,12 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), UpError> {
-    let backend = Arc::new(LocalBackend::new(cfg.siesta_bin.clone(), cfg.log_dir.clone()));
+    let backend = Arc::new(LocalBackend::new(
+        cfg.siesta_bin.clone(),
+        cfg.log_dir.clone(),
+    ));
     let mut routes = HashMap::new();
+    let mut all_pools: Vec<(Arc<Pool>, ComponentScalingView)> = Vec::new();
     let mut scalers = Vec::new();
     for isvc in &cfg.services {
         if routes.contains_key(&isvc.name) {
@@ -90,10 +108,26 @@ pub async fn run(
                 scaling: c.scaling.clone(),
                 enable_scale_to_zero: cfg.enable_scale_to_zero,
             });
+            all_pools.push((
+                pool.clone(),
+                ComponentScalingView {
+                    min: c.scaling.min_scale,
+                    max: c.scaling.max_scale,
+                    target: c.scaling.decider.target,
+                    metric: match c.scaling.metric {
+                        crate::manifest::ScaleMetric::Concurrency => "concurrency",
+                        crate::manifest::ScaleMetric::Rps => "rps",
+                    },
+                    container_concurrency: c.container_concurrency,
+                },
+            ));
             pools.push((pool, c.timeout));
         }
         let (predictor, timeout) = pools[0].clone();
-        let entry = pools.last().map(|(p, _)| p.clone()).unwrap_or_else(|| predictor.clone());
+        let entry = pools
+            .last()
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| predictor.clone());
         routes.insert(
             isvc.name.clone(),
             Route {
@@ -105,12 +139,23 @@ pub async fn run(
     }
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
-        .map_err(|source| UpError::Bind { addr: cfg.addr, source })?;
-    let addr = listener.local_addr().map_err(|source| UpError::Bind { addr: cfg.addr, source })?;
+        .map_err(|source| UpError::Bind {
+            addr: cfg.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| UpError::Bind {
+        addr: cfg.addr,
+        source,
+    })?;
     let tasks: Vec<_> = scalers.into_iter().map(|s| tokio::spawn(s.run())).collect();
     on_listening(addr);
-    let app = Gateway::new(routes).router();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    let status_backend = backend.clone();
+    let status = Arc::new(move || status_json(&all_pools, status_backend.as_ref()));
+    let app = Gateway::new(routes, cfg.metrics.clone(), status).router();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!(error = %e, "gateway stopped");
     }
     for t in tasks {
@@ -118,4 +163,50 @@ pub async fn run(
     }
     backend.shutdown().await;
     Ok(())
+}
+
+struct ComponentScalingView {
+    min: u32,
+    max: u32,
+    target: f64,
+    metric: &'static str,
+    container_concurrency: u32,
+}
+
+fn status_json(
+    pools: &[(Arc<Pool>, ComponentScalingView)],
+    backend: &LocalBackend,
+) -> serde_json::Value {
+    let components: Vec<serde_json::Value> = pools
+        .iter()
+        .map(|(pool, view)| {
+            let st = backend.status(&pool.key).unwrap_or_default();
+            let endpoints: Vec<serde_json::Value> = backend
+                .endpoints(&pool.key)
+                .map(|rx| {
+                    rx.borrow()
+                        .iter()
+                        .map(|e| serde_json::json!({"replica": e.replica, "addr": e.addr.to_string()}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "component": pool.key.to_string(),
+                "service": pool.key.service,
+                "kind": pool.key.kind.as_str(),
+                "desired": st.desired,
+                "starting": st.starting,
+                "ready": st.ready,
+                "in_flight": pool.in_flight(),
+                "waiting": pool.waiting(),
+                "metric": view.metric,
+                "target": view.target,
+                "min_replicas": view.min,
+                "max_replicas": view.max,
+                "container_concurrency": view.container_concurrency,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::json!({ "components": components })
 }

@@ -57,8 +57,9 @@ pub fn dropped(model: &str, reason: &'static str) {
         .increment(1);
 }
 
-pub fn in_flight(model: &str, n: usize) {
+pub fn in_flight(model: &str, n: usize, peak: usize) {
     gauge!("siesta_in_flight_requests", "model" => model.to_string()).set(n as f64);
+    gauge!("siesta_in_flight_requests_peak", "model" => model.to_string()).set(peak as f64);
 }
 
 pub fn queue_depth(model: &str, n: usize) {

@@ -52,6 +52,9 @@ pub struct ModelStatus {
     state: AtomicU8,
     device_bytes: AtomicU64,
     in_flight: AtomicUsize,
+    /// The most requests ever in flight at once: lets a test check a hard concurrency limit
+    /// from the replica's own side.
+    peak_in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
 }
 
@@ -62,6 +65,7 @@ impl ModelStatus {
             state: AtomicU8::new(ModelState::Loading as u8),
             device_bytes: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
         };
         metrics::model_state(name, ModelState::Loading);
@@ -96,9 +100,13 @@ impl ModelStatus {
 
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin_request(self: &std::sync::Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let now_in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let peak = self
+            .peak_in_flight
+            .fetch_max(now_in_flight, Ordering::AcqRel)
+            .max(now_in_flight);
         *self.last_activity.lock() = Instant::now();
-        metrics::in_flight(&self.name, self.in_flight());
+        metrics::in_flight(&self.name, now_in_flight, peak);
         InFlightGuard(self.clone())
     }
 }
@@ -109,6 +117,10 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         *self.0.last_activity.lock() = Instant::now();
-        metrics::in_flight(&self.0.name, self.0.in_flight());
+        metrics::in_flight(
+            &self.0.name,
+            self.0.in_flight(),
+            self.0.peak_in_flight.load(Ordering::Acquire),
+        );
     }
 }

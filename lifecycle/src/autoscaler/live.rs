@@ -82,11 +82,16 @@ impl LiveAutoscaler {
                 _ => None,
             };
             let outcome = reconciler.reconcile(now, decision, ready);
-            requeue = outcome.requeue_after.map(|d| tokio::time::Instant::now() + d);
+            requeue = outcome
+                .requeue_after
+                .map(|d| tokio::time::Instant::now() + d);
             if let Some(d) = decision {
-                gauge!("siesta_autoscaler_desired_replicas", "component" => name.clone()).set(f64::from(d.desired));
-                gauge!("siesta_autoscaler_excess_burst_capacity", "component" => name.clone()).set(f64::from(d.excess_burst_capacity));
-                gauge!("siesta_autoscaler_panic_mode", "component" => name.clone()).set(if d.panicking { 1.0 } else { 0.0 });
+                gauge!("siesta_autoscaler_desired_replicas", "component" => name.clone())
+                    .set(f64::from(d.desired));
+                gauge!("siesta_autoscaler_excess_burst_capacity", "component" => name.clone())
+                    .set(f64::from(d.excess_burst_capacity));
+                gauge!("siesta_autoscaler_panic_mode", "component" => name.clone())
+                    .set(if d.panicking { 1.0 } else { 0.0 });
             }
             if let Some(st) = stable.average(now) {
                 gauge!("siesta_autoscaler_stable_value", "component" => name.clone()).set(st);
@@ -94,8 +99,10 @@ impl LiveAutoscaler {
             if let Some(pa) = panic.average(now) {
                 gauge!("siesta_autoscaler_panic_value", "component" => name.clone()).set(pa);
             }
-            gauge!("siesta_gateway_ready_replicas", "component" => name.clone()).set(f64::from(ready));
-            gauge!("siesta_gateway_queue_depth", "component" => name.clone()).set(self.pool.waiting() as f64);
+            gauge!("siesta_gateway_ready_replicas", "component" => name.clone())
+                .set(f64::from(ready));
+            gauge!("siesta_gateway_queue_depth", "component" => name.clone())
+                .set(self.pool.waiting() as f64);
             if let Some(n) = outcome.replicas {
                 if let Err(e) = self.backend.scale(&key, n) {
                     tracing::error!(component = %name, error = %e, "scale failed");

@@ -90,7 +90,10 @@ impl ReplicaBackend for LocalBackend {
             endpoints: watch::channel(Vec::new()).0,
             replicas: Mutex::new(Vec::new()),
         });
-        self.inner.components.lock().insert(key.clone(), component.clone());
+        self.inner
+            .components
+            .lock()
+            .insert(key.clone(), component.clone());
         tokio::spawn(supervise(self.inner.clone(), component));
     }
 
@@ -104,7 +107,10 @@ impl ReplicaBackend for LocalBackend {
         Ok(())
     }
 
-    fn endpoints(&self, key: &ComponentKey) -> Result<watch::Receiver<Vec<Endpoint>>, BackendError> {
+    fn endpoints(
+        &self,
+        key: &ComponentKey,
+    ) -> Result<watch::Receiver<Vec<Endpoint>>, BackendError> {
         Ok(self.component(key)?.endpoints.subscribe())
     }
 
@@ -113,8 +119,14 @@ impl ReplicaBackend for LocalBackend {
         let replicas = c.replicas.lock();
         Ok(BackendStatus {
             desired: *c.desired.borrow(),
-            starting: replicas.iter().filter(|r| r.phase == Phase::Starting).count() as u32,
-            ready: replicas.iter().filter(|r| matches!(r.phase, Phase::Ready(_))).count() as u32,
+            starting: replicas
+                .iter()
+                .filter(|r| r.phase == Phase::Starting)
+                .count() as u32,
+            ready: replicas
+                .iter()
+                .filter(|r| matches!(r.phase, Phase::Ready(_)))
+                .count() as u32,
             pending_reason: None,
         })
     }
@@ -123,7 +135,8 @@ impl ReplicaBackend for LocalBackend {
         let inner = self.inner.clone();
         async move {
             inner.stopping.send_replace(true);
-            let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
+            let components: Vec<Arc<Component>> =
+                inner.components.lock().values().cloned().collect();
             for c in &components {
                 c.desired.send_replace(0);
             }
@@ -168,7 +181,9 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         let want = *desired.borrow_and_update() as usize;
         let live: Vec<usize> = {
             let replicas = c.replicas.lock();
-            (0..replicas.len()).filter(|&i| replicas[i].phase != Phase::Stopping).collect()
+            (0..replicas.len())
+                .filter(|&i| replicas[i].phase != Phase::Stopping)
+                .collect()
         };
         if live.len() < want {
             for _ in live.len()..want {
@@ -211,14 +226,24 @@ fn reap(c: &Component) {
 /// Stops `n` replicas: starting ones first (they serve nobody yet), then the newest ready ones.
 fn stop_extra(c: &Component, n: usize) {
     let mut replicas = c.replicas.lock();
-    let mut order: Vec<usize> = (0..replicas.len()).filter(|&i| replicas[i].phase != Phase::Stopping).collect();
-    order.sort_by_key(|&i| (matches!(replicas[i].phase, Phase::Ready(_)), std::cmp::Reverse(i)));
+    let mut order: Vec<usize> = (0..replicas.len())
+        .filter(|&i| replicas[i].phase != Phase::Stopping)
+        .collect();
+    order.sort_by_key(|&i| {
+        (
+            matches!(replicas[i].phase, Phase::Ready(_)),
+            std::cmp::Reverse(i),
+        )
+    });
     for &i in order.iter().take(n) {
         let r = &mut replicas[i];
         r.phase = Phase::Stopping;
         if let Some(pid) = r.child.id() {
             // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         tracing::info!(component = %c.key, replica = %r.id, "stopping replica");
     }
@@ -231,7 +256,15 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
     let log = std::fs::File::create(inner.log_dir.join(format!("{id}.log")))?;
     let mut child = Command::new(&inner.siesta_bin)
         .arg("serve")
-        .args(["--host", "127.0.0.1", "--http-port", "0", "--no-grpc", "--replica-id", &id])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--no-grpc",
+            "--replica-id",
+            &id,
+        ])
         .args(&c.template.args)
         .envs(c.template.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -262,7 +295,9 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
                     publish(&c);
                 }
             }
-            Ok(None) => tracing::warn!(component = %c.key, replica = %id, "replica exited before it was ready"),
+            Ok(None) => {
+                tracing::warn!(component = %c.key, replica = %id, "replica exited before it was ready")
+            }
             Err(_) => {
                 tracing::error!(component = %c.key, replica = %id, "replica not ready within the startup deadline");
                 if let Some(r) = c.replicas.lock().iter_mut().find(|r| r.id == id) {
@@ -279,7 +314,11 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
 async fn wait_ready(stdout: tokio::process::ChildStdout) -> Option<SocketAddr> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).await.ok()?;
-    let addr: SocketAddr = line.split_whitespace().find_map(|w| w.strip_prefix("http="))?.parse().ok()?;
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))?
+        .parse()
+        .ok()?;
     loop {
         if probe_ready(addr).await {
             return Some(addr);
@@ -290,7 +329,12 @@ async fn wait_ready(stdout: tokio::process::ChildStdout) -> Option<SocketAddr> {
 
 async fn probe_ready(addr: SocketAddr) -> bool {
     use tokio::io::AsyncWriteExt;
-    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await else {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    else {
         return false;
     };
     let req = format!("GET /v2/health/ready HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");

@@ -59,7 +59,8 @@ pub trait ReplicaBackend: Send + Sync + 'static {
     /// Asks for `replicas` replicas; the backend converges in the background.
     fn scale(&self, key: &ComponentKey, replicas: u32) -> Result<(), BackendError>;
     /// The ready endpoints, updated as replicas become ready or go away.
-    fn endpoints(&self, key: &ComponentKey) -> Result<watch::Receiver<Vec<Endpoint>>, BackendError>;
+    fn endpoints(&self, key: &ComponentKey)
+    -> Result<watch::Receiver<Vec<Endpoint>>, BackendError>;
     fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError>;
     /// Stops every replica (SIGTERM and drain) and waits for them.
     fn shutdown(&self) -> futures::future::BoxFuture<'static, ()>;

@@ -33,10 +33,17 @@ pub struct Route {
     pub timeout: Duration,
 }
 
+/// Renders the process's Prometheus metrics.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+/// The `/siesta/status` document.
+pub type StatusRender = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Gateway {
     routes: Arc<HashMap<String, Route>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    metrics: MetricsRender,
+    status: StatusRender,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,27 +69,51 @@ impl IntoResponse for GatewayError {
             GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
-        let mut resp = (status, axum::Json(serde_json::json!({"error": self.to_string()}))).into_response();
+        let mut resp = (
+            status,
+            axum::Json(serde_json::json!({"error": self.to_string()})),
+        )
+            .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
 }
 
 impl Gateway {
-    pub fn new(routes: HashMap<String, Route>) -> Self {
+    pub fn new(
+        routes: HashMap<String, Route>,
+        metrics: MetricsRender,
+        status: StatusRender,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
         Gateway {
             routes: Arc::new(routes),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            metrics,
+            status,
         }
     }
 
+    /// Model traffic on every path, except the gateway's own `/siesta/status` and `/siesta/metrics`.
     pub fn router(self) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self)
+        axum::Router::new()
+            .route(
+                "/siesta/status",
+                axum::routing::get(
+                    |State(gw): State<Gateway>| async move { axum::Json((gw.status)()) },
+                ),
+            )
+            .route(
+                "/siesta/metrics",
+                axum::routing::get(|State(gw): State<Gateway>| async move { (gw.metrics)() }),
+            )
+            .fallback(handle)
+            .with_state(self)
     }
 
     fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<(Arc<Pool>, Duration)> {
@@ -106,7 +137,9 @@ impl Gateway {
 }
 
 fn model_in_path(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v1/models/").or_else(|| path.strip_prefix("/v2/models/"))?;
+    let rest = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/v2/models/"))?;
     let name = rest.split(['/', ':']).next()?;
     (!name.is_empty()).then_some(name)
 }
@@ -135,13 +168,17 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
             lease.addr,
             parts.uri.path_and_query().map_or("/", |p| p.as_str())
         );
-        let mut upstream = hyper::Request::builder().method(parts.method.clone()).uri(uri);
+        let mut upstream = hyper::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri);
         for (k, v) in &parts.headers {
             if k != header::HOST && k != header::CONNECTION && k != header::TRANSFER_ENCODING {
                 upstream = upstream.header(k, v);
             }
         }
-        let upstream = upstream.body(Full::new(body.clone())).expect("valid request parts");
+        let upstream = upstream
+            .body(Full::new(body.clone()))
+            .expect("valid request parts");
         let sent = tokio::time::timeout_at(deadline, gw.client.request(upstream)).await;
         match sent {
             Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
@@ -173,8 +210,13 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
                 };
                 drop(lease);
                 head.headers.remove(header::TRANSFER_ENCODING);
+                metrics::counter!("siesta_gateway_requests_total", "component" => pool.key.to_string(), "status" => head.status.as_str().to_string()).increment(1);
+                metrics::histogram!("siesta_gateway_held_seconds", "component" => pool.key.to_string()).record(held.as_secs_f64());
                 let ms = format!("{:.3}", held.as_secs_f64() * 1e3);
-                head.headers.insert("x-siesta-held-ms", HeaderValue::from_str(&ms).expect("ascii"));
+                head.headers.insert(
+                    "x-siesta-held-ms",
+                    HeaderValue::from_str(&ms).expect("ascii"),
+                );
                 return Response::from_parts(head, Body::from(body));
             }
         }
@@ -192,8 +234,14 @@ mod tests {
 
     #[test]
     fn model_names_come_from_v1_and_v2_paths() {
-        assert_eq!(model_in_path("/v1/models/flowers-sample:predict"), Some("flowers-sample"));
-        assert_eq!(model_in_path("/v1/models/flowers-sample"), Some("flowers-sample"));
+        assert_eq!(
+            model_in_path("/v1/models/flowers-sample:predict"),
+            Some("flowers-sample")
+        );
+        assert_eq!(
+            model_in_path("/v1/models/flowers-sample"),
+            Some("flowers-sample")
+        );
         assert_eq!(model_in_path("/v2/models/mnist/infer"), Some("mnist"));
         assert_eq!(model_in_path("/v2/health/ready"), None);
         assert_eq!(model_in_path("/v1/models/"), None);

@@ -62,7 +62,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         {
             let mut st = self.pool.state.lock();
-            if let Some(t) = st.trackers.iter_mut().find(|t| t.endpoint.replica == self.replica) {
+            if let Some(t) = st
+                .trackers
+                .iter_mut()
+                .find(|t| t.endpoint.replica == self.replica)
+            {
                 t.in_flight = t.in_flight.saturating_sub(1);
             }
         }
@@ -95,7 +99,12 @@ impl Pool {
         hold_limit: usize,
         endpoints: watch::Receiver<Vec<Endpoint>>,
     ) -> Arc<Self> {
-        let seed = key.to_string().bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+        let seed = key
+            .to_string()
+            .bytes()
+            .fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+            });
         Arc::new(Pool {
             key,
             container_concurrency,
@@ -143,7 +152,11 @@ impl Pool {
 
     /// A slot on a ready replica, waiting up to `deadline`; replicas in `exclude` are skipped
     /// (a retry after a connection failure).
-    pub async fn acquire(self: &Arc<Self>, deadline: Instant, exclude: &[String]) -> Result<Lease, AcquireError> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        deadline: Instant,
+        exclude: &[String],
+    ) -> Result<Lease, AcquireError> {
         let mut endpoints = self.endpoints.clone();
         let started = Instant::now();
         let mut waiting: Option<WaitingGuard<'_>> = None;
@@ -207,7 +220,7 @@ impl Pool {
 
 /// Keeps in-flight counts of replicas that stay, adds new ones, drops gone ones.
 fn sync(trackers: &mut Vec<Tracker>, endpoints: &[Endpoint]) {
-    trackers.retain(|t| endpoints.iter().any(|e| *e == t.endpoint));
+    trackers.retain(|t| endpoints.contains(&t.endpoint));
     for e in endpoints {
         if !trackers.iter().any(|t| t.endpoint == *e) {
             trackers.push(Tracker {
@@ -220,7 +233,8 @@ fn sync(trackers: &mut Vec<Tracker>, endpoints: &[Endpoint]) {
 
 fn pick(st: &mut State, cc: u32, exclude: &[String]) -> Option<usize> {
     let n = st.trackers.len();
-    let usable = |t: &Tracker| !exclude.contains(&t.endpoint.replica) && (cc == 0 || t.in_flight < cc);
+    let usable =
+        |t: &Tracker| !exclude.contains(&t.endpoint.replica) && (cc == 0 || t.in_flight < cc);
     match cc {
         0 => {
             let candidates: Vec<usize> = (0..n).filter(|&i| usable(&st.trackers[i])).collect();
@@ -231,15 +245,22 @@ fn pick(st: &mut State, cc: u32, exclude: &[String]) -> Option<usize> {
                     let a = candidates[(next_random(&mut st.rng) % k as u64) as usize];
                     let mut b = candidates[(next_random(&mut st.rng) % k as u64) as usize];
                     if a == b {
-                        b = candidates[(candidates.iter().position(|&c| c == a).unwrap_or(0) + 1) % k];
+                        b = candidates
+                            [(candidates.iter().position(|&c| c == a).unwrap_or(0) + 1) % k];
                     }
-                    Some(if st.trackers[b].in_flight < st.trackers[a].in_flight { b } else { a })
+                    Some(if st.trackers[b].in_flight < st.trackers[a].in_flight {
+                        b
+                    } else {
+                        a
+                    })
                 }
             }
         }
         1..=3 => (0..n).find(|&i| usable(&st.trackers[i])),
         _ => {
-            let found = (0..n).map(|k| (st.cursor + k) % n).find(|&i| usable(&st.trackers[i]))?;
+            let found = (0..n)
+                .map(|k| (st.cursor + k) % n)
+                .find(|&i| usable(&st.trackers[i]))?;
             st.cursor = (found + 1) % n.max(1);
             Some(found)
         }
@@ -285,11 +306,12 @@ mod tests {
         let a = pool.acquire(far, &[]).await.unwrap();
         let _b = pool.acquire(far, &[]).await.unwrap();
         let p = pool.clone();
-        let third = tokio::spawn(async move { p.acquire(far, &[]).await.map(|l| l.replica.clone()) });
+        let third = tokio::spawn(async move { p.acquire(far, &[]).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(pool.waiting(), 1, "the third request waits for a slot");
         drop(a);
-        assert_eq!(third.await.unwrap().unwrap(), "r1");
+        let third = third.await.unwrap().unwrap();
+        assert_eq!(third.replica, "r1");
         // A second replica takes new requests while the first is full.
         tx.send_replace(vec![ep(1), ep(2)]);
         let c = pool.acquire(far, &[]).await.unwrap();
@@ -307,7 +329,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(pool.waiting(), 2);
         let err = pool.acquire(far, &[]).await.err().unwrap();
-        assert!(matches!(err, AcquireError::QueueFull { limit: 2, .. }), "{err}");
+        assert!(
+            matches!(err, AcquireError::QueueFull { limit: 2, .. }),
+            "{err}"
+        );
         tx.send_replace(vec![ep(7)]);
         assert_eq!(h1.await.unwrap().unwrap(), "r7");
         assert_eq!(h2.await.unwrap().unwrap(), "r7");
@@ -318,8 +343,21 @@ mod tests {
     async fn waiting_past_the_deadline_fails() {
         let (_tx, rx) = watch::channel(Vec::new());
         let pool = Pool::new(key(), 0, 10, rx);
-        let err = pool.acquire(Instant::now() + Duration::from_secs(5), &[]).await.err().unwrap();
-        assert!(matches!(err, AcquireError::Timeout { waited_ms: 5000, .. }), "{err}");
+        let err = pool
+            .acquire(Instant::now() + Duration::from_secs(5), &[])
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                AcquireError::Timeout {
+                    waited_ms: 5000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(pool.waiting(), 0);
     }
 
@@ -351,6 +389,12 @@ mod tests {
         let on_r1 = leases.iter().filter(|l| l.replica == "r1").count();
         assert!((3..=7).contains(&on_r1), "{on_r1} of 10 on r1");
         // Excluded replicas are skipped.
-        assert_eq!(pool.acquire(far, &["r1".to_string()]).await.unwrap().replica, "r2");
+        assert_eq!(
+            pool.acquire(far, &["r1".to_string()])
+                .await
+                .unwrap()
+                .replica,
+            "r2"
+        );
     }
 }

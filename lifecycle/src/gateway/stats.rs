@@ -88,6 +88,12 @@ mod tests {
         // A request still in flight carries over into the next interval.
         s.start(1_500);
         assert_eq!(s.report(2_000).concurrency, 0.5);
-        assert_eq!(s.report(3_000), DemandReport { concurrency: 1.0, rps: 0.0 });
+        assert_eq!(
+            s.report(3_000),
+            DemandReport {
+                concurrency: 1.0,
+                rps: 0.0
+            }
+        );
     }
 }

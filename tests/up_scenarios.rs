@@ -1,0 +1,330 @@
+//! `siesta up` end to end on loopback: real replica processes, the real gateway, the real `hey`.
+//! Windows are shortened (stable 6 s, grace 1 s, tick 200 ms) so the scenarios fit in seconds.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Up {
+    child: Child,
+    gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(manifest: &str) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("isvc.yaml");
+        std::fs::write(&file, manifest).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siesta"))
+            .args([
+                "up",
+                file.to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ])
+            .args([
+                "--stable-window",
+                "6s",
+                "--scale-to-zero-grace",
+                "1s",
+                "--tick",
+                "200ms",
+                "--device",
+                "cpu",
+            ])
+            .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let gateway = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .expect("listening line")
+            .to_string();
+        Up {
+            child,
+            gateway: format!("http://{gateway}"),
+            _dir: dir,
+        }
+    }
+
+    async fn status(&self) -> Value {
+        let s: Value = reqwest::get(format!("{}/siesta/status", self.gateway))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["components"][0].clone()
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status().await;
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not reached within {limit:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "siesta up exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "siesta up did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // A failed test still stops the replicas: SIGTERM lets `up` drain them.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+    }
+}
+
+fn body_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = vec![0.0f32; 784];
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": img}]});
+    let path = dir.join("body.json");
+    std::fs::write(&path, body.to_string()).unwrap();
+    path
+}
+
+/// Runs hey and returns the status codes it saw.
+fn hey(args: &[&str], body: &std::path::Path, url: &str) -> Vec<String> {
+    let out = Command::new("hey")
+        .args(args)
+        .args([
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            body.to_str().unwrap(),
+            "-o",
+            "csv",
+            url,
+        ])
+        .output()
+        .expect("hey is installed (scripts/test.sh installs it)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(6).map(str::to_string))
+        .collect()
+}
+
+const SCENARIO_1_AND_4: &str = "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: flowers-sample
+spec:
+  predictor:
+    minReplicas: 0
+    maxReplicas: 5
+    scaleTarget: 1
+    scaleMetric: concurrency
+    model:
+      modelFormat: {name: siesta}
+      storageUri: siesta://mnist
+";
+
+#[tokio::test]
+async fn scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
+    let up = Up::start(SCENARIO_1_AND_4);
+    let url = format!("{}/v2/models/flowers-sample/infer", up.gateway);
+    // Initial scale 1, then down to zero after the stable window and the grace period.
+    up.wait_for("initial replica", Duration::from_secs(20), |s| {
+        s["ready"] == 1
+    })
+    .await;
+    up.wait_for("scale to zero", Duration::from_secs(20), |s| {
+        s["ready"] == 0 && s["starting"] == 0
+    })
+    .await;
+
+    // A request at zero is held until a replica is ready, then served.
+    let dir = tempfile::tempdir().unwrap();
+    let body = body_file(dir.path());
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(std::fs::read(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let held: f64 = resp.headers()["x-siesta-held-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(held > 0.0, "the request waited for a replica");
+
+    // hey -c 5 against target 1: five replicas, never more than maxReplicas.
+    let watcher = {
+        let gateway = up.gateway.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..80 {
+                let s: Value = reqwest::get(format!("{gateway}/siesta/status"))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                most = most.max(s["components"][0]["desired"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            most
+        })
+    };
+    let codes = tokio::task::spawn_blocking({
+        let (url, body) = (url.clone(), body.clone());
+        move || hey(&["-z", "8s", "-c", "5"], &body, &url)
+    })
+    .await
+    .unwrap();
+    assert!(!codes.is_empty());
+    assert!(codes.iter().all(|c| c == "200"), "every request succeeded");
+    let s = up.status().await;
+    assert_eq!(s["ready"], 5, "{s}");
+    assert!(watcher.await.unwrap() <= 5, "never above maxReplicas");
+
+    // Traffic stops: back to zero after the window and grace, and the next request still works.
+    up.wait_for("scale to zero after load", Duration::from_secs(30), |s| {
+        s["ready"] == 0 && s["starting"] == 0
+    })
+    .await;
+    let codes = tokio::task::spawn_blocking(move || hey(&["-n", "20", "-c", "2"], &body, &url))
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 20);
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    up.stop();
+}
+
+#[tokio::test]
+async fn container_concurrency_is_never_exceeded_on_a_replica_and_excess_waits() {
+    let up = Up::start(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: limited}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 1
+    containerConcurrency: 2
+    model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
+",
+    );
+    let s = up
+        .wait_for("replica", Duration::from_secs(20), |s| s["ready"] == 1)
+        .await;
+    let replica = s["endpoints"][0]["addr"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let body = body_file(dir.path());
+    let url = format!("{}/v2/models/limited/infer", up.gateway);
+    let codes = tokio::task::spawn_blocking(move || hey(&["-n", "400", "-c", "8"], &body, &url))
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 400);
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "excess requests waited instead of failing"
+    );
+    let metrics = reqwest::get(format!("http://{replica}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let peak: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("siesta_in_flight_requests_peak"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("peak metric");
+    assert!(
+        (1.0..=2.0).contains(&peak),
+        "the replica saw {peak} requests at once"
+    );
+    up.stop();
+}
+
+#[tokio::test]
+async fn rps_metric_scales_with_the_request_rate() {
+    let up = Up::start(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: by-rate}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 6
+    scaleTarget: 10
+    scaleMetric: rps
+    model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
+",
+    );
+    up.wait_for("replica", Duration::from_secs(20), |s| s["ready"] == 1)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = body_file(dir.path());
+    let url = format!("{}/v2/models/by-rate/infer", up.gateway);
+    // 2 workers x 20 rps = 40 rps against 10 x 70 % = 7 rps per replica: ceil(40 / 7) = 6.
+    let codes =
+        tokio::task::spawn_blocking(move || hey(&["-z", "6s", "-c", "2", "-q", "20"], &body, &url))
+            .await
+            .unwrap();
+    assert!(codes.iter().all(|c| c == "200"));
+    let s = up.status().await;
+    let ready = s["ready"].as_u64().unwrap() + s["starting"].as_u64().unwrap();
+    assert!((4..=6).contains(&ready), "40 rps / 7 per replica: {s}");
+    up.stop();
+}
