@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: builds `siesta` (release), serves the shipped MNIST
-# model on the CPU, shows its metadata and one V1 and one V2 answer, drives it with `hey`
-# (10 s, 5 workers, V2 JSON), prints the server's own metrics, then stops it with SIGTERM.
-# (The lifecycle issue turns this into the reference scenario with `siesta up`.)
+# The main job: the reference scenario 1 (KServe's autoscaling walkthrough) on one host with the
+# embedded defaults. `siesta up` runs deploy/examples/autoscale.yaml unchanged (KServe apiVersion,
+# scaleTarget 1, scaleMetric concurrency), its gs:// storageUri mirrored to the shipped model
+# (an MNIST CNN standing in for the flowers classifier until the models issue ships one), local
+# replicas on the CPU. Then `hey -z 30s -c 5` through the gateway, as in the walkthrough, while
+# the replica count is printed every 2 s; then SIGTERM stops the gateway and every replica.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -12,21 +14,32 @@ if [ ${#need[@]} -gt 0 ]; then $SUDO apt-get update -qq && $SUDO apt-get install
 
 cargo build --release --bin siesta
 OUT=$(mktemp -d)
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$OUT"' EXIT
-target/release/siesta serve --host 127.0.0.1 --http-port 0 --grpc-port 0 --device auto >"$OUT/stdout" 2>"$OUT/log" &
+trap 'kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$OUT"' EXIT
+target/release/siesta up deploy/examples/autoscale.yaml --host 127.0.0.1 --port 0 --device auto \
+  --storage-mirror "gs://kfserving-examples/models/tensorflow/flowers=file://$ROOT/models/mnist" \
+  --log-dir "$OUT/logs" >"$OUT/stdout" 2>"$OUT/log" &
 PID=$!
 for _ in $(seq 100); do grep -q listening "$OUT/stdout" 2>/dev/null && break; sleep 0.1; done
-HTTP=$(grep -o 'http=[^ ]*' "$OUT/stdout" | cut -d= -f2)
-GRPC=$(grep -o 'grpc=[^ ]*' "$OUT/stdout" | cut -d= -f2)
-until curl -sf "http://$HTTP/v2/health/ready" >/dev/null; do sleep 0.1; done
-echo "siesta serving mnist: HTTP $HTTP, gRPC $GRPC"
-echo "--- model metadata"; curl -s "http://$HTTP/v2/models/mnist"; echo
-python3 scripts/mnist_body.py 3 >"$OUT/v2.json"
-python3 scripts/mnist_body.py --v1 3 >"$OUT/v1.json"
-echo "--- V1 predict (held-out digit 3)"; curl -s "http://$HTTP/v1/models/mnist:predict" -d @"$OUT/v1.json" | head -c 400; echo
-echo "--- V2 infer, class only"; curl -s "http://$HTTP/v2/models/mnist/infer" -d "$(python3 -c "import json,sys; b=json.load(open('$OUT/v2.json')); b['outputs']=[{'name':'class'}]; print(json.dumps(b))")"; echo
-echo "--- hey -z 10s -c 5 (V2 JSON)"
-hey -z 10s -c 5 -m POST -T application/json -D "$OUT/v2.json" "http://$HTTP/v2/models/mnist/infer" | sed -n '1,12p;/Status code/,$p'
-echo "--- server metrics"
-curl -s "http://$HTTP/metrics" | grep -E '^siesta_(requests_total|batch_size_(sum|count)|device_memory_bytes|model_state.*ready)' || true
-kill -TERM "$PID"; wait "$PID"; echo "siesta exited with $?"
+GW=$(grep -o 'http=[^ ]*' "$OUT/stdout" | cut -d= -f2)
+echo "siesta up: gateway on $GW"
+python3 scripts/mnist_body.py --v1 3 >"$OUT/input.json" 2>/dev/null
+
+status() {
+  curl -s "http://$GW/siesta/status" | python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["components"]:
+    print(f"  {c[\"component\"]}: desired {c[\"desired\"]}, ready {c[\"ready\"]}, starting {c[\"starting\"]}, in flight {c[\"in_flight\"]}, held {c[\"waiting\"]}")'
+}
+until curl -s "http://$GW/siesta/status" | grep -q '"ready":1'; do sleep 0.2; done
+echo "--- initial scale"; status
+echo "--- hey -z 30s -c 5 -m POST -host flowers-sample.default.example.com -D input.json http://$GW/v1/models/flowers-sample:predict"
+( for _ in $(seq 16); do sleep 2; echo "t+$((${SECONDS}))s"; status; done ) &
+WATCH=$!
+SECONDS=0
+hey -z 30s -c 5 -m POST -host flowers-sample.default.example.com -D "$OUT/input.json" \
+  "http://$GW/v1/models/flowers-sample:predict" | sed -n '/Summary/,/Requests\/sec/p;/Status code/,$p'
+kill "$WATCH" 2>/dev/null || true
+echo "--- after the run"; status
+echo "--- replica processes"; pgrep -af 'siesta serve' | sed 's/--storage-mirror [^ ]*//' | cut -c1-120 || true
+echo "--- autoscaler metrics"
+curl -s "http://$GW/siesta/metrics" | grep -E '^siesta_(autoscaler|gateway)_' | head -20 || true

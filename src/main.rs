@@ -1,6 +1,7 @@
 //! The `siesta` binary.
 
 mod decide;
+mod status;
 mod up;
 
 use std::io::Write;
@@ -49,6 +50,17 @@ enum Command {
     /// Run InferenceService manifests on this host: a gateway on --port, local replicas, and the
     /// Knative autoscaler per component.
     Up(Box<UpArgs>),
+    /// Show the components of a running `siesta up`: replicas, demand, held requests.
+    Status {
+        /// The gateway's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Parser)]
@@ -275,6 +287,7 @@ fn main() -> Result<()> {
             let stdout = std::io::stdout().lock();
             decide::run(spec, initial_ready, stdin, stdout)
         }
+        Command::Status { port, host, json } => status::print(SocketAddr::new(host, port), json),
         Command::Up(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

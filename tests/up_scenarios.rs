@@ -328,3 +328,60 @@ spec:
     assert!((4..=6).contains(&ready), "40 rps / 7 per replica: {s}");
     up.stop();
 }
+
+#[tokio::test]
+async fn a_replica_killed_under_load_is_replaced_and_only_its_requests_fail() {
+    let up = Up::start(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: faults}
+spec:
+  predictor:
+    minReplicas: 2
+    maxReplicas: 2
+    model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
+",
+    );
+    up.wait_for("two replicas", Duration::from_secs(20), |s| s["ready"] == 2)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = body_file(dir.path());
+    let url = format!("{}/v2/models/faults/infer", up.gateway);
+    let load = tokio::task::spawn_blocking(move || hey(&["-z", "5s", "-c", "4"], &body, &url));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = up.status().await["endpoints"][0]["replica"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pgrep = Command::new("pgrep")
+        .args(["-f", "--", &format!("--replica-id {victim} ")])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8(pgrep.stdout).unwrap().trim().to_string();
+    assert!(!pid.is_empty(), "found the replica process");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let codes = load.await.unwrap();
+    let failed = codes.iter().filter(|c| *c != "200").count();
+    // CC 0 with 4 workers: at most the requests in flight on the killed replica fail.
+    assert!(failed <= 4, "{failed} of {} failed", codes.len());
+    assert!(codes.len() > 100);
+    let s = up
+        .wait_for("replacement", Duration::from_secs(20), |s| {
+            s["ready"] == 2
+                && s["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["replica"] != victim.as_str())
+        })
+        .await;
+    assert_eq!(s["ready"], 2);
+    up.stop();
+}

@@ -10,7 +10,6 @@ pub struct WindowAverage {
     /// Bucket indexes (time / granularity) of the first and the latest write.
     first: Option<u64>,
     last: u64,
-    total: f64,
 }
 
 impl WindowAverage {
@@ -22,7 +21,6 @@ impl WindowAverage {
             granularity_ms,
             first: None,
             last: 0,
-            total: 0.0,
         }
     }
 
@@ -45,12 +43,10 @@ impl WindowAverage {
             Some(_) if index > self.last => {
                 if index - self.last >= self.len() {
                     self.buckets.iter_mut().for_each(|b| *b = 0.0);
-                    self.total = 0.0;
                     self.first = Some(index);
                 } else {
                     for i in self.last + 1..=index {
                         let s = self.slot(i);
-                        self.total -= self.buckets[s];
                         self.buckets[s] = 0.0;
                     }
                 }
@@ -62,19 +58,14 @@ impl WindowAverage {
         }
         let s = self.slot(index);
         self.buckets[s] += value;
-        self.total += value;
     }
 
     /// The average at `now_ms`; `None` when nothing was written within the window (no data:
     /// the autoscaler makes no decision).
     pub fn average(&self, now_ms: u64) -> Option<f64> {
         let first = self.first?;
-        let index = now_ms / self.granularity_ms;
+        let index = (now_ms / self.granularity_ms).max(self.last);
         let n = self.len();
-        let written = self.last - first + 1;
-        if index <= self.last {
-            return Some(self.total / written.min(n) as f64);
-        }
         let idle = index - self.last;
         if idle > n {
             return None;
@@ -82,12 +73,12 @@ impl WindowAverage {
         if idle == n {
             return Some(0.0);
         }
-        // Buckets between the last write and now hold values from a lap ago: out of the window.
-        let stale: f64 = (self.last + 1..=index)
-            .map(|i| self.buckets[self.slot(i)])
-            .sum();
-        let valid = written.min(n - idle);
-        Some((self.total - stale) / valid as f64)
+        // The buckets still inside the window, summed afresh each time: a running total drifts
+        // (adding and removing 4.87 leaves 1e-15, and ceil(1e-15 / target) is one replica that
+        // never goes away).
+        let lo = first.max((index + 1).saturating_sub(n));
+        let sum: f64 = (lo..=self.last).map(|i| self.buckets[self.slot(i)]).sum();
+        Some(sum / (self.last - lo + 1) as f64)
     }
 }
 
@@ -137,6 +128,18 @@ mod tests {
             Some(8.0),
             "the buffer restarted at the new write"
         );
+    }
+
+    #[test]
+    fn values_that_left_the_window_leave_exactly_zero() {
+        let mut w = WindowAverage::new(6_000, 1_000);
+        for t in 0..20 {
+            w.record(t * 1_000, 4.87 + t as f64 * 0.013);
+        }
+        for t in 20..30 {
+            w.record(t * 1_000, 0.0);
+        }
+        assert_eq!(w.average(29_000), Some(0.0));
     }
 
     #[test]
