@@ -24,12 +24,8 @@ GW=$(grep -o 'http=[^ ]*' "$OUT/stdout" | cut -d= -f2)
 echo "siesta up: gateway on $GW"
 python3 scripts/mnist_body.py --v1 3 >"$OUT/input.json" 2>/dev/null
 
-status() {
-  curl -s "http://$GW/siesta/status" | python3 -c '
-import json, sys
-for c in json.load(sys.stdin)["components"]:
-    print(f"  {c[\"component\"]}: desired {c[\"desired\"]}, ready {c[\"ready\"]}, starting {c[\"starting\"]}, in flight {c[\"in_flight\"]}, held {c[\"waiting\"]}")'
-}
+PORT=${GW##*:}
+status() { target/release/siesta status --port "$PORT" | sed 's/^/  /'; }
 until curl -s "http://$GW/siesta/status" | grep -q '"ready":1'; do sleep 0.2; done
 echo "--- initial scale"; status
 echo "--- hey -z 30s -c 5 -m POST -host flowers-sample.default.example.com -D input.json http://$GW/v1/models/flowers-sample:predict"

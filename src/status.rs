@@ -21,7 +21,7 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>12} {:>4}  REPLICAS",
+        "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4}  REPLICAS",
         "COMPONENT", "DESIRED", "READY", "STARTING", "IN-FLIGHT", "HELD", "TARGET", "CC"
     );
     for c in doc["components"].as_array().into_iter().flatten() {
@@ -32,7 +32,7 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
             .filter_map(|e| e["replica"].as_str())
             .collect();
         println!(
-            "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>12} {:>4}  {}",
+            "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4}  {}",
             c["component"].as_str().unwrap_or("?"),
             c["desired"],
             c["ready"],
