@@ -45,15 +45,7 @@ run() {
   hey -n 20 -c 1 -m POST -T "$type" "${hdr[@]}" -D "$body" "http://127.0.0.1:$port/v2/models/mnist/infer" >/dev/null
   hey -z "$DURATION" -c "$conc" -m POST -T "$type" "${hdr[@]}" -D "$body" -o csv \
     "http://127.0.0.1:$port/v2/models/mnist/infer" >"$OUT/$name-$conc-$fmt.csv"
-  python3 - "$OUT/$name-$conc-$fmt.csv" "$name" "$conc" "$fmt" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-ok = [r for r in rows if r["status-code"] == "200"]
-lat = sorted(float(r["response-time"]) for r in ok)
-span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3
-print(f"{sys.argv[2]} {sys.argv[3]} {sys.argv[4]} {len(ok)/span:.1f} {pct(0.5):.2f} {pct(0.99):.2f} {len(rows)-len(ok)}")
-PY
+  python3 benches/hey_summary.py "$OUT/$name-$conc-$fmt.csv" "$name" "$conc" "$fmt"
 }
 
 SP=$(free_port)

@@ -11,11 +11,18 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def held_out(n):
+def held_out_all():
+    """Every held-out digit (every fifth row) as (64 pixel values, label)."""
     rows = gzip.decompress((ROOT / "models/data/digits.csv.gz").read_bytes()).decode().split()
-    held = [r for i, r in enumerate(rows) if i % 5 == 4]
-    values = [float(v) for v in held[n].split(",")]
-    return values[:64], int(values[64])
+    out = []
+    for row in rows[4::5]:
+        values = [float(v) for v in row.split(",")]
+        out.append((values[:64], int(values[64])))
+    return out
+
+
+def held_out(n):
+    return held_out_all()[n]
 
 
 def upscale(px):
@@ -47,4 +54,5 @@ def main():
     json.dump(body, sys.stdout)
 
 
-main()
+if __name__ == "__main__":
+    main()

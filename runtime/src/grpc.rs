@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::error::ServeError;
 use crate::infer::{InferService, SERVED_VERSION};
 use crate::metrics;
-use crate::protocol::{InferRequest, RequestedOutput};
+use crate::protocol::{InferRequest, RequestedOutput, parse_input_header};
 
 pub mod pb {
     tonic::include_proto!("inference");
@@ -121,23 +121,8 @@ fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, Status> {
     let mut raw_contents = req.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
-        let dt: DataType = input.datatype.parse().map_err(|_| {
-            invalid(format!(
-                "input '{}': unknown datatype '{}'",
-                input.name, input.datatype
-            ))
-        })?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| {
-                invalid(format!(
-                    "input '{}': negative dimension in {:?}",
-                    input.name, input.shape
-                ))
-            })?;
+        let (dt, shape) = parse_input_header(&input.name, &input.datatype, &input.shape)
+            .map_err(|e| e.to_grpc())?;
         let data = match raw_contents.next() {
             Some(bytes) => bytes,
             None => contents_to_bytes(input, dt)?,

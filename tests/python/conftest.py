@@ -7,10 +7,15 @@ import subprocess
 import time
 import urllib.request
 
+import sys
+
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import mnist_body as mnist_body_script  # noqa: E402
+
 SIESTA_BIN = os.environ.get("SIESTA_BIN", str(ROOT / "target" / "debug" / "siesta"))
 
 
@@ -49,34 +54,11 @@ def siesta():
 
 
 def held_out_digits():
-    """The held-out digits, upscaled exactly as the Rust side does (same data, same split)."""
-    import gzip
-
-    rows = gzip.decompress((ROOT / "models" / "data" / "digits.csv.gz").read_bytes()).decode().strip().splitlines()
-    out = []
-    for i, row in enumerate(rows):
-        if i % 5 != 4:
-            continue
-        values = [float(v) for v in row.split(",")]
-        out.append((upscale(np.array(values[:64], dtype=np.float32).reshape(8, 8) / 16.0), int(values[64])))
-    return out
-
-
-def upscale(px):
-    """Bilinear 8x8 -> 20x20 (align_corners=False), centred in 28x28; mirrors mnist::digit_to_mnist."""
-    img = np.zeros((28, 28), dtype=np.float32)
-    scale = 8.0 / 20.0
-    for y in range(20):
-        for x in range(20):
-            sy = min(max((y + 0.5) * scale - 0.5, 0.0), 7.0)
-            sx = min(max((x + 0.5) * scale - 0.5, 0.0), 7.0)
-            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
-            y1, x1 = min(y0 + 1, 7), min(x0 + 1, 7)
-            fy, fx = sy - y0, sx - x0
-            top = px[y0, x0] * (1 - fx) + px[y0, x1] * fx
-            bottom = px[y1, x0] * (1 - fx) + px[y1, x1] * fx
-            img[y + 4, x + 4] = top * (1 - fy) + bottom * fy
-    return img
+    """The held-out digits, upscaled exactly as the Rust side does (scripts/mnist_body.py)."""
+    return [
+        (np.array(mnist_body_script.upscale(px), dtype=np.float32).reshape(28, 28), label)
+        for px, label in mnist_body_script.held_out_all()
+    ]
 
 
 def mnist_body(images):

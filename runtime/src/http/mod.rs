@@ -38,9 +38,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(health::server_metadata))
         .route("/v2/health/live", get(health::live))
         .route("/v2/health/ready", get(health::ready))
-        .route("/v1/models", get(v1::list))
+        .route("/v1/models", get(list_models))
         .route("/v1/models/{target}", get(v1::metadata).post(v1::predict))
-        .route("/v2/models", get(v2::list))
+        .route("/v2/models", get(list_models))
         .route("/v2/models/{model}", get(v2::metadata))
         .route("/v2/models/{model}/ready", get(v2::ready))
         .route("/v2/models/{model}/config", get(v2::config))
@@ -69,6 +69,20 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(health::not_found)
         .with_state(state)
+}
+
+/// `GET /v1/models` and KServe's `GET /v2/models`: the names of the ready models.
+async fn list_models(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let names: Vec<String> = state
+        .service
+        .registry
+        .handles()
+        .iter()
+        .map(|h| h.name().to_string())
+        .collect();
+    axum::Json(serde_json::json!({ "models": names }))
 }
 
 /// Reads the body under the size limit and the body deadline.

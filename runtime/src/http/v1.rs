@@ -14,17 +14,6 @@ use super::{AppState, observe, read_body, timing_headers};
 use crate::error::{Result, ServeError};
 use crate::protocol::v1::{build_predictions, parse_predict};
 
-pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let names: Vec<String> = state
-        .service
-        .registry
-        .handles()
-        .iter()
-        .map(|h| h.name().to_string())
-        .collect();
-    Json(json!({ "models": names }))
-}
-
 pub async fn metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,

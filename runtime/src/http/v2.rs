@@ -22,17 +22,6 @@ use crate::protocol::v2::{
 
 pub const PLATFORM: &str = "siesta_candle";
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let names: Vec<String> = state
-        .service
-        .registry
-        .handles()
-        .iter()
-        .map(|h| h.name().to_string())
-        .collect();
-    Json(json!({ "models": names }))
-}
-
 pub fn metadata_json(handle: &ModelHandle) -> Value {
     let cfg = &handle.config;
     let tensors = |specs: &[siesta_models::TensorSpec]| -> Vec<Value> {

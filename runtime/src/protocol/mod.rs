@@ -7,7 +7,7 @@ pub mod v2;
 
 use std::sync::Arc;
 
-use siesta_models::{ModelConfig, Tensor, TensorSpec};
+use siesta_models::{DataType, ModelConfig, Tensor, TensorSpec};
 
 use crate::error::{Result, ServeError};
 
@@ -39,6 +39,27 @@ pub struct InferResponse {
 
 fn invalid(msg: String) -> ServeError {
     ServeError::InvalidInput(msg)
+}
+
+/// An input's declared datatype and shape, as every protocol sends them (name, string, i64s).
+pub fn parse_input_header(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+) -> Result<(DataType, Vec<usize>)> {
+    let dt: DataType = datatype
+        .parse()
+        .map_err(|_| invalid(format!("input '{name}': unknown datatype '{datatype}'")))?;
+    let dims = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| {
+            invalid(format!(
+                "input '{name}': shape {shape:?} has a negative dimension"
+            ))
+        })?;
+    Ok((dt, dims))
 }
 
 /// Checks inputs against the model's metadata and returns them in the model's input order,

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use siesta_models::{DataType, Tensor};
+use siesta_models::Tensor;
 
 use super::json_data::{decode_values, encode_values, flatten, quote_non_finite};
-use super::{InferRequest, InferResponse, RequestedOutput};
+use super::{InferRequest, InferResponse, RequestedOutput, parse_input_header};
 use crate::error::{Result, ServeError};
 
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -104,23 +104,7 @@ pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferReques
         param_bool(body.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for input in &body.inputs {
-        let datatype: DataType = input.datatype.parse().map_err(|_| {
-            invalid(format!(
-                "input '{}': unknown datatype '{}'",
-                input.name, input.datatype
-            ))
-        })?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                invalid(format!(
-                    "input '{}': shape {:?} has a negative dimension",
-                    input.name, input.shape
-                ))
-            })?;
+        let (datatype, shape) = parse_input_header(&input.name, &input.datatype, &input.shape)?;
         let count = shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
