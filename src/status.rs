@@ -21,8 +21,18 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4}  REPLICAS",
-        "COMPONENT", "DESIRED", "READY", "STARTING", "IN-FLIGHT", "HELD", "TARGET", "CC"
+        "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7} {:>7} {:>5}  REPLICAS",
+        "COMPONENT",
+        "DESIRED",
+        "READY",
+        "STARTING",
+        "IN-FLIGHT",
+        "HELD",
+        "TARGET",
+        "CC",
+        "STABLE",
+        "PANIC",
+        "MODE"
     );
     for c in doc["components"].as_array().into_iter().flatten() {
         let replicas: Vec<&str> = c["endpoints"]
@@ -31,20 +41,28 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
             .flatten()
             .filter_map(|e| e["replica"].as_str())
             .collect();
+        let a = &c["autoscaler"];
         println!(
-            "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4}  {}",
+            "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",
             c["component"].as_str().unwrap_or("?"),
-            c["desired"],
-            c["ready"],
-            c["starting"],
-            c["in_flight"],
-            c["waiting"],
+            c["desired"].to_string(),
+            c["ready"].to_string(),
+            c["starting"].to_string(),
+            c["in_flight"].to_string(),
+            c["waiting"].to_string(),
             format!(
                 "{:.2} {}",
                 c["target"].as_f64().unwrap_or(0.0),
                 c["metric"].as_str().unwrap_or("")
             ),
-            c["container_concurrency"],
+            c["container_concurrency"].to_string(),
+            a["stable"].as_f64().unwrap_or(0.0),
+            a["panic"].as_f64().unwrap_or(0.0),
+            if a["panicking"].as_bool().unwrap_or(false) {
+                "panic"
+            } else {
+                "-"
+            },
             replicas.join(" ")
         );
     }

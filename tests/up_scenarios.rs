@@ -266,6 +266,32 @@ spec:
         .wait_for("replica", Duration::from_secs(20), |s| s["ready"] == 1)
         .await;
     let replica = s["endpoints"][0]["addr"].as_str().unwrap().to_string();
+    // `siesta status` shows the same from the command line.
+    let port = up.gateway.rsplit(':').next().unwrap().to_string();
+    let table = Command::new(env!("CARGO_BIN_EXE_siesta"))
+        .args(["status", "--port", &port])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    let table = String::from_utf8(table.stdout).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("limited-predictor"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("limited-predictor-1"), "{row}");
+    // The live page is served by the gateway and reads the same status document.
+    let page = reqwest::get(format!("{}/dashboard", up.gateway))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("/siesta/status"));
+    assert!(up.status().await["autoscaler"]["desired"].is_i64());
     let dir = tempfile::tempdir().unwrap();
     let body = body_file(dir.path());
     let url = format!("{}/v2/models/limited/infer", up.gateway);

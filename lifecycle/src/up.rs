@@ -198,6 +198,7 @@ fn status_json(
                 "starting": st.starting,
                 "ready": st.ready,
                 "in_flight": pool.in_flight(),
+                "autoscaler": *pool.observed.lock(),
                 "waiting": pool.waiting(),
                 "metric": view.metric,
                 "target": view.target,

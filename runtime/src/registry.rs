@@ -185,11 +185,7 @@ impl ModelRegistry {
         match loaded {
             Ok(model) => {
                 let handle = ModelHandle::start(model, status, self.opts.queue_limit);
-                tracing::info!(
-                    model = name,
-                    device = handle.status.device_bytes(),
-                    "model ready"
-                );
+                tracing::info!(model = name, "model ready");
                 slot.state = SlotState::Ready(handle);
                 Ok(())
             }
@@ -210,7 +206,7 @@ impl ModelRegistry {
         if let SlotState::Ready(h) = std::mem::replace(&mut slot.state, SlotState::Unloaded) {
             // Dropping the last handle closes the queue; the worker thread then exits and frees the model.
             h.status.set_state(ModelState::Unloaded);
-            h.status.set_device_bytes("cpu", 0);
+            h.status.clear_device_bytes();
         }
         tracing::info!(model = name, "model unloaded");
         Ok(())

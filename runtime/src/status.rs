@@ -51,6 +51,8 @@ pub struct ModelStatus {
     pub name: String,
     state: AtomicU8,
     device_bytes: AtomicU64,
+    /// The device label of the last memory report, so that zeroing it on unload hits the same series.
+    device: Mutex<String>,
     in_flight: AtomicUsize,
     /// The most requests ever in flight at once: lets a test check a hard concurrency limit
     /// from the replica's own side.
@@ -64,6 +66,7 @@ impl ModelStatus {
             name: name.to_string(),
             state: AtomicU8::new(ModelState::Loading as u8),
             device_bytes: AtomicU64::new(0),
+            device: Mutex::new(String::new()),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
@@ -87,7 +90,15 @@ impl ModelStatus {
 
     pub fn set_device_bytes(&self, device: &str, bytes: u64) {
         self.device_bytes.store(bytes, Ordering::Relaxed);
+        device.clone_into(&mut self.device.lock());
         metrics::device_memory(&self.name, device, bytes);
+    }
+
+    /// Reports the model's device memory as freed (it is unloaded).
+    pub fn clear_device_bytes(&self) {
+        let device = self.device.lock().clone();
+        self.device_bytes.store(0, Ordering::Relaxed);
+        metrics::device_memory(&self.name, &device, 0);
     }
 
     pub fn in_flight(&self) -> usize {

@@ -85,6 +85,17 @@ impl LiveAutoscaler {
             requeue = outcome
                 .requeue_after
                 .map(|d| tokio::time::Instant::now() + d);
+            if let (Some(d), Some(st), Some(pa)) =
+                (decision, stable.average(now), panic.average(now))
+            {
+                *self.pool.observed.lock() = crate::gateway::pool::Observed {
+                    stable: st,
+                    panic: pa,
+                    desired: d.desired,
+                    panicking: d.panicking,
+                    excess_burst_capacity: d.excess_burst_capacity,
+                };
+            }
             if let Some(d) = decision {
                 gauge!("siesta_autoscaler_desired_replicas", "component" => name.clone())
                     .set(f64::from(d.desired));

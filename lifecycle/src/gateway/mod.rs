@@ -23,6 +23,8 @@ use tokio::time::Instant;
 use self::pool::{AcquireError, Pool};
 
 const MAX_BODY: usize = 64 << 20;
+/// The live page: polls `/siesta/status` each second and plots replicas and demand per component.
+const DASHBOARD: &str = include_str!("dashboard.html");
 const ATTEMPTS: usize = 3;
 
 /// The components of one InferenceService: where requests enter, and the predictor (which the
@@ -107,6 +109,10 @@ impl Gateway {
                 axum::routing::get(
                     |State(gw): State<Gateway>| async move { axum::Json((gw.status)()) },
                 ),
+            )
+            .route(
+                "/dashboard",
+                axum::routing::get(|| async { axum::response::Html(DASHBOARD) }),
             )
             .route(
                 "/siesta/metrics",

@@ -48,7 +48,18 @@ pub struct Pool {
     freed: Notify,
     /// Wakes the autoscaler when a request arrives and no replica is ready.
     pub demand: Notify,
+    /// What the autoscaler last saw and decided, for status and the dashboard.
+    pub observed: Mutex<Observed>,
     started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Observed {
+    pub stable: f64,
+    pub panic: f64,
+    pub desired: i32,
+    pub panicking: bool,
+    pub excess_burst_capacity: i32,
 }
 
 /// A slot on one replica; dropping it frees the slot.
@@ -119,6 +130,7 @@ impl Pool {
             }),
             freed: Notify::new(),
             demand: Notify::new(),
+            observed: Mutex::new(Observed::default()),
             started: Instant::now(),
         })
     }
