@@ -82,7 +82,9 @@ fn run_batch(model: &mut dyn Model, status: &ModelStatus, device: &str, mut jobs
         return;
     }
     let start = Instant::now();
-    let restored = if status.state() == ModelState::Released || model.device_memory_bytes() == 0 {
+    // Only a released model pays for a restore; models that hold no device memory (identity)
+    // must not log and count one per batch.
+    let restored = if status.state() == ModelState::Released {
         let t = Instant::now();
         match model.restore_device_memory() {
             Ok(()) => {
