@@ -158,10 +158,11 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     let _demand = pool.arrive();
     let arrived = Instant::now();
     let deadline = arrived + timeout;
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return GatewayError::Body(e.to_string()).into_response(),
-    };
+    // The body is read only once a replica slot is ours: held requests keep their bodies in
+    // the socket, so a thousand held requests cost a thousand small futures, not their bodies
+    // (Knative's activator ran out of memory buffering them, serving#13583).
+    let mut unread = Some(body);
+    let mut body = Bytes::new();
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = match pool.acquire(deadline, &tried).await {
@@ -169,6 +170,18 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
             Err(e) => return GatewayError::from(e).into_response(),
         };
         let held = arrived.elapsed();
+        if let Some(b) = unread.take() {
+            let read = tokio::time::timeout_at(
+                deadline,
+                http_body_util::Limited::new(b, MAX_BODY).collect(),
+            )
+            .await;
+            body = match read {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => return GatewayError::Body(e.to_string()).into_response(),
+                Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
+            };
+        }
         let uri = format!(
             "http://{}{}",
             lease.addr,
