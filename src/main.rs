@@ -1,6 +1,7 @@
 //! The `siesta` binary.
 
 mod decide;
+mod simulate;
 mod status;
 mod up;
 
@@ -116,6 +117,23 @@ enum ScaleCommand {
         /// max_scale_up_rate, max_scale_down_rate, stable_window, scale_down_delay, activation_scale.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// What-if: replays a request trace (JSON lines {"t_ms", "duration_ms"}) against an
+    /// InferenceService's predictor with the live autoscaler's code on a simulated clock, and
+    /// prints replicas, queueing and cold starts per second.
+    Simulate {
+        /// The InferenceService manifest.
+        #[arg(long)]
+        config: PathBuf,
+        /// The request trace.
+        #[arg(long)]
+        trace: PathBuf,
+        /// Time from asking for a replica to its readiness.
+        #[arg(long, default_value = "30ms", value_parser = parse_duration)]
+        cold_start: Duration,
+        /// Print the timeline and summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -275,6 +293,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Scale(ScaleCommand::Simulate {
+            config,
+            trace,
+            cold_start,
+            json,
+        }) => simulate::run(&config, &trace, cold_start, json),
         Command::Scale(ScaleCommand::Decide { config }) => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;

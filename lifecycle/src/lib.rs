@@ -5,4 +5,5 @@ pub mod autoscaler;
 pub mod backend;
 pub mod gateway;
 pub mod manifest;
+pub mod simulate;
 pub mod up;

@@ -1,0 +1,269 @@
+//! `siesta scale simulate`: replays a request trace against one component's autoscaling
+//! settings with the live code's decider, windows and reconciler, on a simulated clock, so
+//! `scaleTarget`, windows and `minReplicas` can be tuned before any traffic hits them.
+//!
+//! Model: requests arrive at `t_ms` and need `duration_ms` on a replica; a replica takes
+//! `cold_start` to become ready and runs at most `containerConcurrency` requests (0 = any);
+//! requests wait in the gateway in arrival order. Demand is counted from arrival, as the gateway does.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::autoscaler::{Decider, Observation, Reconciler, ReconcilerSpec, WindowAverage};
+use crate::manifest::{ComponentScaling, ScaleMetric};
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct TraceRequest {
+    pub t_ms: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Sample {
+    pub t_s: u64,
+    pub desired: u32,
+    pub ready: u32,
+    pub in_flight: u32,
+    pub queued: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub requests: usize,
+    pub wait_p50_ms: u64,
+    pub wait_p99_ms: u64,
+    pub wait_max_ms: u64,
+    pub cold_starts: u32,
+    pub max_replicas: u32,
+    pub replica_seconds: f64,
+}
+
+pub struct Report {
+    pub timeline: Vec<Sample>,
+    pub summary: Summary,
+}
+
+struct Replica {
+    ready_at: u64,
+    running: Vec<u64>,
+}
+
+pub fn simulate(
+    scaling: &ComponentScaling,
+    container_concurrency: u32,
+    trace: &[TraceRequest],
+    cold_start: Duration,
+) -> Report {
+    let mut trace: Vec<TraceRequest> = trace.to_vec();
+    trace.sort_by_key(|r| r.t_ms);
+    let tick_ms = (scaling.decider.tick.as_millis() as u64).max(1);
+    let cold_ms = cold_start.as_millis() as u64;
+    let mut stable = WindowAverage::new(scaling.decider.stable_window.as_millis() as u64, 1000);
+    let mut panic = WindowAverage::new(scaling.panic_window.as_millis() as u64, 1000);
+    let mut decider = Decider::new(scaling.decider.clone(), 0, 0);
+    let mut reconciler = Reconciler::new(
+        ReconcilerSpec {
+            min_scale: scaling.min_scale,
+            max_scale: scaling.max_scale,
+            initial_scale: scaling.initial_scale,
+            stable_window: scaling.decider.stable_window,
+            scale_to_zero_grace: scaling.scale_to_zero_grace,
+            scale_to_zero_pod_retention: scaling.scale_to_zero_pod_retention,
+            ..ReconcilerSpec::default()
+        },
+        0,
+    );
+    let mut replicas: Vec<Replica> = Vec::new();
+    let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut waits: Vec<u64> = Vec::new();
+    let (mut next, mut weighted, mut started_in_second) = (0usize, 0u64, 0u64);
+    let (mut desired, mut cold_starts, mut max_replicas, mut replica_ms) = (0u32, 0u32, 0u32, 0u64);
+    let mut timeline = Vec::new();
+    let end = trace.last().map_or(0, |r| r.t_ms + r.duration_ms)
+        + scaling.decider.stable_window.as_millis() as u64
+        + scaling.scale_to_zero_grace.as_millis() as u64
+        + 10_000;
+    for now in 0..=end {
+        // Completions, then arrivals, then dispatch in arrival order.
+        for r in &mut replicas {
+            r.running.retain(|&done| done > now);
+        }
+        while next < trace.len() && trace[next].t_ms <= now {
+            queue.push_back((trace[next].t_ms, trace[next].duration_ms));
+            started_in_second += 1;
+            next += 1;
+        }
+        while let Some(&(arrived, duration)) = queue.front() {
+            let slot = replicas
+                .iter_mut()
+                .filter(|r| {
+                    r.ready_at <= now
+                        && (container_concurrency == 0
+                            || (r.running.len() as u32) < container_concurrency)
+                })
+                .min_by_key(|r| r.running.len());
+            let Some(r) = slot else { break };
+            r.running.push(now + duration.max(1));
+            waits.push(now - arrived);
+            queue.pop_front();
+        }
+        let in_flight =
+            replicas.iter().map(|r| r.running.len() as u64).sum::<u64>() + queue.len() as u64;
+        weighted += in_flight;
+        replica_ms += replicas.len() as u64;
+        let ready = replicas.iter().filter(|r| r.ready_at <= now).count() as u32;
+
+        let second_done = now % 1000 == 999;
+        if second_done {
+            let v = match scaling.metric {
+                ScaleMetric::Concurrency => weighted as f64 / 1000.0,
+                ScaleMetric::Rps => started_in_second as f64,
+            };
+            stable.record(now, v);
+            panic.record(now, v);
+            weighted = 0;
+            started_in_second = 0;
+        }
+        // A request waiting at zero pokes the autoscaler at once, as in the gateway.
+        let poke = ready == 0 && !queue.is_empty() && desired == 0;
+        if now % tick_ms == 0 || poke {
+            if poke {
+                stable.record(now, queue.len() as f64);
+                panic.record(now, queue.len() as f64);
+            }
+            let decision = match (stable.average(now), panic.average(now)) {
+                (Some(s), Some(p)) => Some(decider.scale(Observation {
+                    now_ms: now,
+                    ready,
+                    stable: s,
+                    panic: p,
+                    reachable: true,
+                })),
+                _ => None,
+            };
+            if let Some(n) = reconciler.reconcile(now, decision, ready).replicas {
+                desired = n;
+            }
+        }
+        // Converge on the wanted count: start replicas, stop idle ones (starting ones first).
+        while (replicas.len() as u32) < desired {
+            replicas.push(Replica {
+                ready_at: now + cold_ms,
+                running: Vec::new(),
+            });
+            cold_starts += 1;
+        }
+        while (replicas.len() as u32) > desired {
+            let idle = replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.running.is_empty())
+                .max_by_key(|(_, r)| r.ready_at)
+                .map(|(i, _)| i);
+            match idle {
+                Some(i) => {
+                    replicas.remove(i);
+                }
+                None => break,
+            }
+        }
+        max_replicas = max_replicas.max(replicas.len() as u32);
+        if second_done {
+            timeline.push(Sample {
+                t_s: now / 1000,
+                desired,
+                ready,
+                in_flight: replicas.iter().map(|r| r.running.len() as u32).sum(),
+                queued: queue.len() as u32,
+            });
+        }
+    }
+    waits.sort_unstable();
+    let pct = |q: f64| {
+        waits
+            .get(((waits.len() as f64 * q) as usize).min(waits.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Report {
+        timeline,
+        summary: Summary {
+            requests: waits.len(),
+            wait_p50_ms: pct(0.5),
+            wait_p99_ms: pct(0.99),
+            wait_max_ms: waits.last().copied().unwrap_or(0),
+            cold_starts,
+            max_replicas,
+            replica_seconds: replica_ms as f64 / 1000.0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ClusterDefaults, parse};
+
+    fn scaling(spec: &str) -> (ComponentScaling, u32) {
+        let text = format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: s}}\nspec:\n  predictor:\n{spec}    model: {{modelFormat: {{name: x}}}}\n"
+        );
+        let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
+        (isvc.predictor.scaling, isvc.predictor.container_concurrency)
+    }
+
+    /// `workers` closed-loop clients, each sending back-to-back requests of `ms`, for `secs`.
+    fn closed_loop(workers: u64, ms: u64, secs: u64) -> Vec<TraceRequest> {
+        (0..workers)
+            .flat_map(|_| {
+                (0..secs * 1000 / ms).map(move |i| TraceRequest {
+                    t_ms: 1_000 + i * ms,
+                    duration_ms: ms,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn five_busy_clients_against_target_one_need_ceil_5_over_0_7_replicas() {
+        let (s, cc) = scaling("    scaleTarget: 1\n    minReplicas: 0\n");
+        let r = simulate(&s, cc, &closed_loop(5, 100, 60), Duration::from_millis(30));
+        assert_eq!(r.summary.max_replicas, 8, "{:?}", r.summary);
+        assert_eq!(
+            r.timeline.last().unwrap().desired,
+            0,
+            "back to zero after the window and grace"
+        );
+        assert_eq!(r.summary.requests, 5 * 600);
+    }
+
+    #[test]
+    fn a_request_at_zero_waits_one_cold_start() {
+        let (s, cc) = scaling("    minReplicas: 0\n");
+        let trace = [TraceRequest {
+            t_ms: 200_000,
+            duration_ms: 10,
+        }];
+        let r = simulate(&s, cc, &trace, Duration::from_millis(250));
+        assert_eq!(
+            r.summary.cold_starts, 2,
+            "the initial replica, then one at 200 s"
+        );
+        assert_eq!(r.summary.wait_max_ms, 250);
+    }
+
+    #[test]
+    fn container_concurrency_queues_the_excess() {
+        let (s, cc) =
+            scaling("    containerConcurrency: 1\n    minReplicas: 1\n    maxReplicas: 1\n");
+        let r = simulate(&s, cc, &closed_loop(2, 100, 10), Duration::from_millis(30));
+        assert_eq!(r.summary.max_replicas, 1);
+        assert!(
+            r.summary.wait_p50_ms > 0,
+            "one of two requests always waits: {:?}",
+            r.summary
+        );
+    }
+}
