@@ -96,6 +96,9 @@ struct UpArgs {
     /// Requests held per component while it has no ready replica.
     #[arg(long, default_value_t = 1000)]
     hold_queue: usize,
+    /// Record every answered request to this file (JSON lines for `siesta scale simulate`).
+    #[arg(long)]
+    record_trace: Option<PathBuf>,
     /// Where replica logs go.
     #[arg(long, default_value = "siesta-logs")]
     log_dir: PathBuf,

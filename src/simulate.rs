@@ -23,6 +23,12 @@ pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Res
                 .with_context(|| format!("{} line {}: {l}", trace.display(), i + 1))
         })
         .collect::<Result<_>>()?;
+    // A trace recorded by `siesta up` holds every component; simulate the predictor's part.
+    let component = format!("{}-predictor", isvc.name);
+    let requests: Vec<TraceRequest> = requests
+        .into_iter()
+        .filter(|r| r.component.as_ref().is_none_or(|c| *c == component))
+        .collect();
     let p = &isvc.predictor;
     let report = simulate(&p.scaling, p.container_concurrency, &requests, cold_start);
     if json {

@@ -46,6 +46,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         replica_args,
         hold_limit: a.hold_queue,
         enable_scale_to_zero: !a.no_scale_to_zero,
+        record_trace: a.record_trace,
         metrics: {
             let handle = siesta_runtime::metrics::install();
             Arc::new(move || handle.render())

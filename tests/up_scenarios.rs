@@ -15,6 +15,10 @@ struct Up {
 
 impl Up {
     fn start(manifest: &str) -> Up {
+        Self::start_with(manifest, &[])
+    }
+
+    fn start_with(manifest: &str, extra: &[&str]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("isvc.yaml");
         std::fs::write(&file, manifest).unwrap();
@@ -38,6 +42,7 @@ impl Up {
                 "cpu",
             ])
             .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -324,7 +329,9 @@ spec:
 
 #[tokio::test]
 async fn rps_metric_scales_with_the_request_rate() {
-    let up = Up::start(
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("trace.jsonl");
+    let up = Up::start_with(
         "
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
@@ -337,6 +344,7 @@ spec:
     scaleMetric: rps
     model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
 ",
+        &["--record-trace", trace.to_str().unwrap()],
     );
     up.wait_for("replica", Duration::from_secs(20), |s| s["ready"] == 1)
         .await;
@@ -353,6 +361,45 @@ spec:
     let ready = s["ready"].as_u64().unwrap() + s["starting"].as_u64().unwrap();
     assert!((4..=6).contains(&ready), "40 rps / 7 per replica: {s}");
     up.stop();
+
+    // The recorded trace holds every answered request and replays through `siesta scale simulate`.
+    let recorded = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<Value> = recorded
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), codes.len(), "one line per request");
+    assert!(lines.iter().all(|l| l["component"] == "by-rate-predictor"));
+    let manifest = trace_dir.path().join("isvc.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: by-rate}\nspec:\n  predictor:\n    \
+         scaleTarget: 10\n    scaleMetric: rps\n    maxReplicas: 6\n    model: {modelFormat: {name: siesta}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
+        .args([
+            "scale",
+            "simulate",
+            "--config",
+            manifest.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["summary"]["requests"].as_u64().unwrap() as usize,
+        lines.len()
+    );
+    assert!(
+        report["summary"]["max_replicas"].as_u64().unwrap() >= 4,
+        "{}",
+        report["summary"]
+    );
 }
 
 #[tokio::test]

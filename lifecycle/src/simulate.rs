@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 use crate::autoscaler::{Decider, Observation, Reconciler, ReconcilerSpec, WindowAverage};
 use crate::manifest::{ComponentScaling, ScaleMetric};
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct TraceRequest {
     pub t_ms: u64,
     pub duration_ms: u64,
+    /// Set in traces recorded by `siesta up` (`{service}-{predictor|transformer}`).
+    #[serde(default)]
+    pub component: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -221,6 +224,7 @@ mod tests {
                 (0..secs * 1000 / ms).map(move |i| TraceRequest {
                     t_ms: 1_000 + i * ms,
                     duration_ms: ms,
+                    component: None,
                 })
             })
             .collect()
@@ -245,6 +249,7 @@ mod tests {
         let trace = [TraceRequest {
             t_ms: 200_000,
             duration_ms: 10,
+            component: None,
         }];
         let r = simulate(&s, cc, &trace, Duration::from_millis(250));
         assert_eq!(

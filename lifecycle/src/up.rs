@@ -10,6 +10,7 @@ use crate::autoscaler::live::LiveAutoscaler;
 use crate::backend::local::LocalBackend;
 use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use crate::gateway::pool::Pool;
+use crate::gateway::trace::TraceRecorder;
 use crate::gateway::{Gateway, MetricsRender, Route};
 use crate::manifest::{Component, InferenceService, Workload};
 
@@ -26,6 +27,8 @@ pub struct UpConfig {
     pub hold_limit: usize,
     pub enable_scale_to_zero: bool,
     pub metrics: MetricsRender,
+    /// Where to record every answered request (`siesta scale simulate` reads it).
+    pub record_trace: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,11 @@ pub enum UpError {
     Unsupported { service: String, reason: String },
     #[error("two InferenceServices are named '{0}'")]
     Duplicate(String),
+    #[error("cannot write the trace {path}: {source}")]
+    Trace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -151,7 +159,14 @@ pub async fn run(
     on_listening(addr);
     let status_backend = backend.clone();
     let status = Arc::new(move || status_json(&all_pools, status_backend.as_ref()));
-    let app = Gateway::new(routes, cfg.metrics.clone(), status).router();
+    let recorder = match &cfg.record_trace {
+        Some(path) => Some(TraceRecorder::start(path).map_err(|source| UpError::Trace {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let app = Gateway::new(routes, cfg.metrics.clone(), status, recorder).router();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -5,6 +5,7 @@
 
 pub mod pool;
 pub mod stats;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub struct Gateway {
     client: Client<HttpConnector, Full<Bytes>>,
     metrics: MetricsRender,
     status: StatusRender,
+    recorder: Option<trace::TraceRecorder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ impl Gateway {
         routes: HashMap<String, Route>,
         metrics: MetricsRender,
         status: StatusRender,
+        recorder: Option<trace::TraceRecorder>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -98,6 +101,7 @@ impl Gateway {
             client: Client::builder(TokioExecutor::new()).build(connector),
             metrics,
             status,
+            recorder,
         }
     }
 
@@ -231,6 +235,16 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
                 head.headers.remove(header::TRANSFER_ENCODING);
                 metrics::counter!("siesta_gateway_requests_total", "component" => pool.key.to_string(), "status" => head.status.as_str().to_string()).increment(1);
                 metrics::histogram!("siesta_gateway_held_seconds", "component" => pool.key.to_string()).record(held.as_secs_f64());
+                if let Some(r) = &gw.recorder {
+                    let arrived_ms = pool
+                        .now_ms()
+                        .saturating_sub(arrived.elapsed().as_millis() as u64);
+                    r.record(
+                        &pool.key.to_string(),
+                        arrived_ms,
+                        arrived.elapsed().saturating_sub(held),
+                    );
+                }
                 let ms = format!("{:.3}", held.as_secs_f64() * 1e3);
                 head.headers.insert(
                     "x-siesta-held-ms",
