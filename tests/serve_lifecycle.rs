@@ -51,33 +51,15 @@ async fn live_at_once_ready_only_after_load_and_warm_up() {
         "--cache-dir",
         cache.path().to_str().unwrap(),
     ]);
-    let client = reqwest::Client::new();
-    assert_eq!(
-        client
-            .get(server.url("/v2/health/live"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get("/v2/health/live").await.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = client
-        .get(server.url("/v2/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let ready = server.get("/v2/health/ready").await;
     assert_eq!(
         ready.status(),
         503,
         "ready while the weights are still downloading"
     );
-    let r = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let r = server.infer_zeros().await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("not ready"));
@@ -89,12 +71,7 @@ async fn live_at_once_ready_only_after_load_and_warm_up() {
         metric(&m, "siesta_model_warm_up_seconds{model=\"mnist\"}").unwrap() > 0.0,
         "{m}"
     );
-    let r = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let r = server.infer_zeros().await;
     assert_eq!(r.status(), 200);
     // The download landed in the cache as a complete directory, nothing half-written beside it.
     let entries: Vec<_> = std::fs::read_dir(cache.path())
@@ -108,7 +85,6 @@ async fn live_at_once_ready_only_after_load_and_warm_up() {
 async fn idle_release_frees_device_memory_and_the_next_request_restores_it() {
     let server = Server::start(&["--idle-release-after", "300ms"]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
     let (img, label) = held_out_digits().swap_remove(0);
     let before = server.metrics().await;
     let held = metric(
@@ -134,31 +110,13 @@ async fn idle_release_frees_device_memory_and_the_next_request_restores_it() {
         assert!(Instant::now() < deadline, "model never released: {m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let meta: Value = client
-        .get(server.url("/v2/models/mnist"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = server.get("/v2/models/mnist").await.json().await.unwrap();
     assert_eq!(meta["parameters"]["state"], "released");
-    assert_eq!(
-        client
-            .get(server.url("/v2/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get("/v2/health/ready").await.status(), 200);
 
-    let resp = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[img]))
-        .send()
-        .await
-        .unwrap();
+    let resp = server
+        .post_json("/v2/models/mnist/infer", &mnist_v2_body(&[img]))
+        .await;
     assert_eq!(resp.status(), 200);
     let restored: f64 = resp.headers()["x-siesta-restored-ms"]
         .to_str()
@@ -183,12 +141,7 @@ async fn idle_release_frees_device_memory_and_the_next_request_restores_it() {
         Some(held)
     );
     // A second request finds the weights resident: no restore header.
-    let resp = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.infer_zeros().await;
     assert!(!resp.headers().contains_key("x-siesta-restored-ms"));
 }
 
@@ -196,12 +149,7 @@ async fn idle_release_frees_device_memory_and_the_next_request_restores_it() {
 async fn idle_exit_drains_and_exits_zero() {
     let mut server = Server::start(&["--idle-exit-after", "500ms"]);
     server.wait_ready().await;
-    let r = reqwest::Client::new()
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let r = server.infer_zeros().await;
     assert_eq!(r.status(), 200);
     let started = Instant::now();
     let status = server.wait_exit(Duration::from_secs(15));

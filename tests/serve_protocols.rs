@@ -20,17 +20,13 @@ fn argmax(v: &[f64]) -> usize {
 async fn v2_json_matches_the_readme_accuracy_on_held_out_digits() {
     let server = Server::start(&[]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
     let digits = held_out_digits();
     let mut correct = 0;
     for chunk in digits.chunks(50) {
         let images: Vec<Vec<f32>> = chunk.iter().map(|(x, _)| x.clone()).collect();
-        let resp: Value = client
-            .post(server.url("/v2/models/mnist/infer"))
-            .json(&mnist_v2_body(&images))
-            .send()
+        let resp: Value = server
+            .post_json("/v2/models/mnist/infer", &mnist_v2_body(&images))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -71,7 +67,6 @@ async fn v2_json_matches_the_readme_accuracy_on_held_out_digits() {
 async fn v1_instances_inputs_and_b64_give_the_same_predictions() {
     let server = Server::start(&[]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
     let (img, label) = held_out_digits().swap_remove(3);
     let nested: Vec<Vec<Vec<f32>>> = vec![img.chunks(28).map(|r| r.to_vec()).collect()];
     let raw: Vec<u8> = img.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -84,12 +79,7 @@ async fn v1_instances_inputs_and_b64_give_the_same_predictions() {
         json!({"instances": [{"b64": b64}]}),
     ];
     for body in bodies {
-        let resp = client
-            .post(server.url("/v1/models/mnist:predict"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.post_json("/v1/models/mnist:predict", &body).await;
         assert_eq!(resp.status(), 200, "{body}");
         assert!(resp.headers().contains_key("x-siesta-compute-ms"));
         let v: Value = resp.json().await.unwrap();
@@ -100,23 +90,9 @@ async fn v1_instances_inputs_and_b64_give_the_same_predictions() {
             assert_eq!(p["probabilities"].as_array().unwrap().len(), 10);
         }
     }
-    let list: Value = client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get("/v1/models").await.json().await.unwrap();
     assert_eq!(list, json!({"models": ["mnist"]}));
-    let status: Value = client
-        .get(server.url("/v1/models/mnist"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = server.get("/v1/models/mnist").await.json().await.unwrap();
     assert_eq!(status, json!({"name": "mnist", "ready": true}));
 }
 
@@ -249,12 +225,9 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
         .iter()
         .map(|d| json!({"name": format!("in_{d}"), "shape": [1, 3], "datatype": d.as_str(), "data": sample(*d)}))
         .collect();
-    let resp: Value = client
-        .post(server.url("/v2/models/identity/infer"))
-        .json(&json!({"inputs": inputs}))
-        .send()
+    let resp: Value = server
+        .post_json("/v2/models/identity/infer", &json!({"inputs": inputs}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -427,12 +400,9 @@ async fn repository_index_unload_and_load() {
     .unwrap();
     let server = Server::start(&["--model-repository", repo.path().to_str().unwrap()]);
     server.wait_ready().await;
-    let client = reqwest::Client::new();
-    let index: Value = client
-        .post(server.url("/v2/repository/index"))
-        .send()
+    let index: Value = server
+        .post("/v2/repository/index")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -443,63 +413,21 @@ async fn repository_index_unload_and_load() {
             {"name": "mnist", "version": "1", "state": "READY", "reason": ""}
         ])
     );
-    let r = client
-        .post(server.url("/v2/repository/models/echo/load"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.post("/v2/repository/models/echo/load").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        client
-            .get(server.url("/v2/models/echo/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let r = client
-        .post(server.url("/v2/repository/models/mnist/unload"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(server.get("/v2/models/echo/ready").await.status(), 200);
+    let r = server.post("/v2/repository/models/mnist/unload").await;
     assert_eq!(r.status(), 200);
-    let r = client
-        .get(server.url("/v2/models/mnist/ready"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v2/models/mnist/ready").await;
     assert_eq!(r.status(), 503);
-    let r = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let r = server.infer_zeros().await;
     assert_eq!(r.status(), 503);
-    let r = client
-        .post(server.url("/v2/repository/models/mnist/load"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.post("/v2/repository/models/mnist/load").await;
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(server.url("/v2/models/mnist/infer"))
-        .json(&mnist_v2_body(&[vec![0.0; 784]]))
-        .send()
-        .await
-        .unwrap();
+    let r = server.infer_zeros().await;
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(server.url("/v2/repository/models/missing/load"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.post("/v2/repository/models/missing/load").await;
     assert_eq!(r.status(), 404);
-    let r = client
-        .post(server.url("/v2/repository/models/..%2Fetc/load"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.post("/v2/repository/models/..%2Fetc/load").await;
     assert!(r.status() == 400 || r.status() == 404, "{}", r.status());
 }

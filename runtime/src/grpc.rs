@@ -55,42 +55,23 @@ fn contents_to_bytes(input: &InferInputTensor, dt: DataType) -> Result<Vec<u8>, 
                 .concat()
         };
     }
+    macro_rules! le {
+        ($src:expr) => {
+            $src.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+    }
     Ok(match dt {
         DataType::Bool => c.bool_contents.iter().map(|&b| u8::from(b)).collect(),
         DataType::I8 => narrow!(c.int_contents, i8),
         DataType::I16 => narrow!(c.int_contents, i16),
-        DataType::I32 => c
-            .int_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::I64 => c
-            .int64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+        DataType::I32 => le!(c.int_contents),
+        DataType::I64 => le!(c.int64_contents),
         DataType::U8 => narrow!(c.uint_contents, u8),
         DataType::U16 => narrow!(c.uint_contents, u16),
-        DataType::U32 => c
-            .uint_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::U64 => c
-            .uint64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::F32 => c
-            .fp32_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::F64 => c
-            .fp64_contents
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+        DataType::U32 => le!(c.uint_contents),
+        DataType::U64 => le!(c.uint64_contents),
+        DataType::F32 => le!(c.fp32_contents),
+        DataType::F64 => le!(c.fp64_contents),
         DataType::Bytes => c
             .bytes_contents
             .iter()

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 pub struct Server {
     child: Option<Child>,
+    client: reqwest::Client,
     pub http: String,
     pub grpc: String,
 }
@@ -47,11 +48,35 @@ impl Server {
             http: format!("http://{}", field("http=")),
             grpc: format!("http://{}", field("grpc=")),
             child: Some(child),
+            client: reqwest::Client::new(),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.http, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// One all-zero image through V2 JSON.
+    pub async fn infer_zeros(&self) -> reqwest::Response {
+        self.post_json("/v2/models/mnist/infer", &mnist_v2_body(&[vec![0.0; 784]]))
+            .await
     }
 
     pub fn pid(&self) -> u32 {
