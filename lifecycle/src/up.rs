@@ -61,7 +61,8 @@ fn template(
                 args.extend(["--storage-uri".to_string(), uri.clone()]);
             }
             if c.container_concurrency > 0 {
-                // The replica's own queue never needs to hold more than its hard limit.
+                // queue-proxy's admission (CC running + 10 x CC queued), for clients that reach the
+                // replica without the gateway.
                 args.extend([
                     "--queue-limit".to_string(),
                     (c.container_concurrency * 11).to_string(),
@@ -70,7 +71,8 @@ fn template(
             args.extend(extra.iter().cloned());
             Ok(ReplicaTemplate {
                 args,
-                env: Vec::new(),
+                // The manifest's model env reaches the replica (e.g. OMP_NUM_THREADS).
+                env: m.env.clone(),
             })
         }
         Workload::Containers(_) => Err(UpError::Unsupported {
@@ -206,7 +208,7 @@ fn status_json(
                 })
                 .unwrap_or_default();
             serde_json::json!({
-                "component": pool.key.to_string(),
+                "component": pool.name,
                 "service": pool.key.service,
                 "kind": pool.key.kind.as_str(),
                 "desired": st.desired,
@@ -225,4 +227,43 @@ fn status_json(
         })
         .collect();
     serde_json::json!({ "components": components })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ClusterDefaults, parse};
+
+    #[test]
+    fn replicas_get_the_model_uri_env_and_concurrency_admission() {
+        let text = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: m}\nspec:\n  predictor:\n    \
+                    containerConcurrency: 2\n    model:\n      modelFormat: {name: siesta}\n      storageUri: siesta://mnist\n      \
+                    env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n";
+        let isvc = parse(text, &ClusterDefaults::default()).unwrap().remove(0);
+        let t = template(&isvc, &isvc.predictor, &["--device".into(), "cpu".into()]).unwrap();
+        assert_eq!(
+            t.args,
+            [
+                "--model-name",
+                "m",
+                "--storage-uri",
+                "siesta://mnist",
+                "--queue-limit",
+                "22",
+                "--device",
+                "cpu"
+            ]
+        );
+        assert_eq!(
+            t.env,
+            vec![("OMP_NUM_THREADS".to_string(), "1".to_string())]
+        );
+        let text = text.replace("    model:\n      modelFormat: {name: siesta}\n      storageUri: siesta://mnist\n      \
+                    env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n", "    containers: [{image: x}]\n");
+        let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
+        assert!(matches!(
+            template(&isvc, &isvc.predictor, &[]),
+            Err(UpError::Unsupported { .. })
+        ));
+    }
 }

@@ -2,7 +2,6 @@
 //! train/held-out split (every fifth sample is held out).
 
 use std::io::Read;
-use std::path::Path;
 
 pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
@@ -42,9 +41,4 @@ pub fn load_digits() -> Result<Vec<Digit>, String> {
 
 pub fn is_held_out(index: usize) -> bool {
     index % 5 == 4
-}
-
-/// Where the data set lives in the source tree (for the README and error messages).
-pub fn source_path() -> &'static Path {
-    Path::new("models/data/digits.csv.gz")
 }

@@ -19,8 +19,6 @@ pub enum ServeError {
     VersionNotFound { name: String, version: String },
     #[error("model '{0}' is not ready")]
     ModelNotReady(String),
-    #[error("server is not ready: {0}")]
-    ServerNotReady(String),
     #[error("request body of {got} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { got: usize, limit: usize },
     #[error("model '{model}' is overloaded: {queued} requests queued (limit {limit}); retry later")]
@@ -50,9 +48,7 @@ impl ServeError {
             ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServeError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
@@ -70,7 +66,7 @@ impl ServeError {
             ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => "not_found",
-            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => "not_ready",
+            ServeError::ModelNotReady(_) => "not_ready",
             ServeError::BodyTooLarge { .. } => "too_large",
             ServeError::Overloaded { .. } => "overloaded",
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
@@ -89,9 +85,7 @@ impl ServeError {
             ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => tonic::Status::not_found(msg),
-            ServeError::ModelNotReady(_) | ServeError::ServerNotReady(_) => {
-                tonic::Status::unavailable(msg)
-            }
+            ServeError::ModelNotReady(_) => tonic::Status::unavailable(msg),
             ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
             ServeError::Timeout(_) | ServeError::ClientTimeout(_) => {
                 tonic::Status::deadline_exceeded(msg)

@@ -52,18 +52,6 @@ impl Decider {
         }
     }
 
-    pub fn spec(&self) -> &DeciderSpec {
-        &self.spec
-    }
-
-    pub fn update_spec(&mut self, spec: DeciderSpec) {
-        if spec.scale_down_delay != self.spec.scale_down_delay || spec.tick != self.spec.tick {
-            self.delay_window = (!spec.scale_down_delay.is_zero())
-                .then(|| MaxTimeWindow::new(spec.scale_down_delay, spec.tick));
-        }
-        self.spec = spec;
-    }
-
     pub fn is_panicking(&self) -> bool {
         self.panic_since.is_some()
     }

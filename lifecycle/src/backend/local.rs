@@ -127,7 +127,6 @@ impl ReplicaBackend for LocalBackend {
                 .iter()
                 .filter(|r| matches!(r.phase, Phase::Ready(_)))
                 .count() as u32,
-            pending_reason: None,
         })
     }
 

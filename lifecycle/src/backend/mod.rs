@@ -43,8 +43,6 @@ pub struct BackendStatus {
     pub desired: u32,
     pub starting: u32,
     pub ready: u32,
-    /// Why replicas are not starting, when they are not.
-    pub pending_reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

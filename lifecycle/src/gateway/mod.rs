@@ -233,14 +233,14 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
                 };
                 drop(lease);
                 head.headers.remove(header::TRANSFER_ENCODING);
-                metrics::counter!("siesta_gateway_requests_total", "component" => pool.key.to_string(), "status" => head.status.as_str().to_string()).increment(1);
-                metrics::histogram!("siesta_gateway_held_seconds", "component" => pool.key.to_string()).record(held.as_secs_f64());
+                metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => head.status.as_str().to_string()).increment(1);
+                metrics::histogram!("siesta_gateway_held_seconds", "component" => pool.name.clone()).record(held.as_secs_f64());
                 if let Some(r) = &gw.recorder {
                     let arrived_ms = pool
                         .now_ms()
                         .saturating_sub(arrived.elapsed().as_millis() as u64);
                     r.record(
-                        &pool.key.to_string(),
+                        &pool.name,
                         arrived_ms,
                         arrived.elapsed().saturating_sub(held),
                     );

@@ -41,6 +41,8 @@ struct State {
 
 pub struct Pool {
     pub key: ComponentKey,
+    /// `key` rendered once: it labels metrics and traces on every request.
+    pub name: String,
     container_concurrency: u32,
     hold_limit: usize,
     endpoints: watch::Receiver<Vec<Endpoint>>,
@@ -117,6 +119,7 @@ impl Pool {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
             });
         Arc::new(Pool {
+            name: key.to_string(),
             key,
             container_concurrency,
             hold_limit,
@@ -202,7 +205,7 @@ impl Pool {
                     };
                     if st.waiting >= limit {
                         return Err(AcquireError::QueueFull {
-                            component: self.key.to_string(),
+                            component: self.name.clone(),
                             waiting: st.waiting,
                             limit,
                         });
@@ -221,7 +224,7 @@ impl Pool {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(AcquireError::Timeout {
-                        component: self.key.to_string(),
+                        component: self.name.clone(),
                         waited_ms: started.elapsed().as_millis() as u64,
                     });
                 }
