@@ -11,6 +11,7 @@ SUDO=""
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v hey >/dev/null || need_apt+=(hey)
+command -v pgrep >/dev/null || need_apt+=(procps)   # the replica fault test finds its victim by command line
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
