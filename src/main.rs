@@ -19,6 +19,7 @@ use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
 use siesta_runtime::lifecycle::IdlePolicy;
 use siesta_runtime::registry::{ModelLocation, RegistryOptions};
+use siesta_runtime::transformer::TransformerConfig;
 use siesta_runtime::{ServeConfig, StopReason};
 
 #[derive(Parser)]
@@ -205,6 +206,27 @@ struct ServeArgs {
     /// PREFIX=TARGET, e.g. gs://kfserving-examples/models/=file:///srv/models/ (repeatable).
     #[arg(long, value_parser = parse_mirror)]
     storage_mirror: Vec<(String, String)>,
+    /// Serve a transformer instead of a model: `image` decodes, resizes and normalises images
+    /// for the predictor at --predictor-url and turns its scores into labels.
+    #[arg(long)]
+    transformer: Option<TransformerKind>,
+    /// The predictor a transformer calls (e.g. the gateway of `siesta up`).
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "PREDICTOR_URL")]
+    predictor_url: String,
+    /// `Host` header for the predictor calls (KServe's `--predictor_host`).
+    #[arg(long, env = "PREDICTOR_HOST")]
+    predictor_host: Option<String>,
+    /// The predictor's model name (default: --model-name).
+    #[arg(long)]
+    predictor_model: Option<String>,
+    /// Classes listed per prediction by a transformer.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransformerKind {
+    Image,
 }
 
 /// `storageUri: siesta://mnist` names the model compiled into the binary.
@@ -292,6 +314,24 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
     })
 }
 
+fn transformer_config(a: ServeArgs) -> TransformerConfig {
+    TransformerConfig {
+        predictor_model: a.predictor_model.unwrap_or_else(|| a.model_name.clone()),
+        model_name: a.model_name,
+        predictor_url: a.predictor_url,
+        predictor_host: a.predictor_host,
+        http_addr: SocketAddr::new(a.host, a.http_port),
+        max_body_bytes: a.max_body_bytes,
+        body_timeout: a.body_timeout,
+        request_timeout: a.request_timeout,
+        drain_timeout: a.drain_timeout,
+        top_k: a.top_k,
+        replica_id: a
+            .replica_id
+            .unwrap_or_else(|| format!("pid-{}", std::process::id())),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -321,6 +361,19 @@ fn main() -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(up::run(*args))
+        }
+        Command::Serve(args) if args.transformer.is_some() => {
+            let cfg = transformer_config(*args);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(siesta_runtime::transformer::run(cfg, |http| {
+                println!("siesta listening http={http} grpc=off");
+                let _ = std::io::stdout().flush();
+            }))?;
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
         }
         Command::Serve(args) => {
             let cfg = serve_config(*args)?;

@@ -18,7 +18,12 @@ pub struct ImageU8<'a> {
 }
 
 impl<'a> ImageU8<'a> {
-    pub fn new(data: &'a [u8], height: u32, width: u32, channels: u32) -> Result<Self, KernelError> {
+    pub fn new(
+        data: &'a [u8],
+        height: u32,
+        width: u32,
+        channels: u32,
+    ) -> Result<Self, KernelError> {
         let want = height as usize * width as usize * channels as usize;
         if data.len() != want || want == 0 {
             return Err(KernelError::ImageSize {
@@ -104,9 +109,15 @@ impl ImageTransform {
         }
         let s = self.resize_shorter as u64;
         if height <= width {
-            (self.resize_shorter, (s * width as u64 / height as u64) as u32)
+            (
+                self.resize_shorter,
+                (s * width as u64 / height as u64) as u32,
+            )
         } else {
-            ((s * height as u64 / width as u64) as u32, self.resize_shorter)
+            (
+                (s * height as u64 / width as u64) as u32,
+                self.resize_shorter,
+            )
         }
     }
 
@@ -135,12 +146,22 @@ impl ImageTransform {
     }
 
     /// Normalised f32 output for one image; `out` holds exactly [`Self::output_len`] values.
-    pub fn apply_f32(&self, img: &ImageU8, layout: Layout, out: &mut [f32]) -> Result<(), KernelError> {
+    pub fn apply_f32(
+        &self,
+        img: &ImageU8,
+        layout: Layout,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
         let (rows, cols) = self.taps(img)?;
         check_output(out.len(), self.output_len())?;
         // (v / 255 - mean) / std as one multiply-add per value.
         let scale: Vec<f32> = self.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let bias: Vec<f32> = self.mean.iter().zip(&self.std).map(|(m, s)| -m / s).collect();
+        let bias: Vec<f32> = self
+            .mean
+            .iter()
+            .zip(&self.std)
+            .map(|(m, s)| -m / s)
+            .collect();
         let (h, w, c) = (rows.len(), cols.len(), self.mean.len());
         for (y, ry) in rows.iter().enumerate() {
             for (x, cx) in cols.iter().enumerate() {
@@ -159,7 +180,12 @@ impl ImageTransform {
 
     /// Resized and cropped uint8 output (no normalisation), for models that take raw pixels and
     /// so a quarter of the bytes.
-    pub fn apply_u8(&self, img: &ImageU8, layout: Layout, out: &mut [u8]) -> Result<(), KernelError> {
+    pub fn apply_u8(
+        &self,
+        img: &ImageU8,
+        layout: Layout,
+        out: &mut [u8],
+    ) -> Result<(), KernelError> {
         let (rows, cols) = self.taps(img)?;
         check_output(out.len(), self.output_len())?;
         let (h, w, c) = (rows.len(), cols.len(), self.mean.len());
@@ -225,7 +251,11 @@ mod tests {
 
     /// The unfused pipeline, step by step in f64, as torchvision would run it.
     fn naive(img: &ImageU8, t: &ImageTransform, layout: Layout) -> Vec<f32> {
-        let (h, w, c) = (img.height as usize, img.width as usize, img.channels as usize);
+        let (h, w, c) = (
+            img.height as usize,
+            img.width as usize,
+            img.channels as usize,
+        );
         let (rh, rw) = t.resized_size(img.height, img.width);
         let (rh, rw) = (rh as usize, rw as usize);
         let src = |y: usize, x: usize, ch: usize| img.data[(y * w + x) * c + ch] as f64;

@@ -17,6 +17,32 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
+/// torchvision's `Resize(resize_shorter) -> CenterCrop -> ToTensor -> Normalize(mean, std)`; the
+/// crop size, channels and layout come from the model's first input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImagePreprocessing {
+    /// 0 resizes straight to the input size.
+    #[serde(default)]
+    pub resize_shorter: u32,
+    /// Per channel, in units of `pixel / 255`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// The output that holds one score per label.
+    pub scores_output: String,
+    #[serde(default)]
+    pub scores: ScoreKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    /// Raw scores: the transformer applies softmax.
+    #[default]
+    Logits,
+    /// Already probabilities.
+    Probabilities,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelConfig {
     pub name: String,
@@ -39,6 +65,10 @@ pub struct ModelConfig {
     pub outputs: Vec<TensorSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// For image classifiers: how a picture becomes the input, and where the scores come out
+    /// (the image transformer reads it from the model's V2 metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePreprocessing>,
     /// Free-form facts about the model (e.g. held-out accuracy), shown in metadata.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub info: serde_json::Map<String, serde_json::Value>,
@@ -77,6 +107,19 @@ impl ModelConfig {
                     "tensor '{}': dimensions must be > 0 or -1",
                     spec.name
                 )));
+            }
+        }
+        if let Some(img) = &self.image {
+            if !self.outputs.iter().any(|o| o.name == img.scores_output) {
+                return Err(bad(format!(
+                    "image.scores_output '{}' is not one of the outputs",
+                    img.scores_output
+                )));
+            }
+            if img.mean.is_empty() || img.mean.len() != img.std.len() {
+                return Err(bad(
+                    "image.mean and image.std need one value per channel".into()
+                ));
             }
         }
         if let Some(w) = &self.weights

@@ -14,7 +14,7 @@ pub mod resident;
 pub mod storage;
 pub mod tensor;
 
-pub use config::{ModelConfig, TensorSpec};
+pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;
 pub use error::{ModelError, StorageError, TensorError};
 pub use loader::{LoadOptions, ModelSource, load_model};

@@ -37,6 +37,10 @@ pub enum ServeError {
     Timeout(u64),
     #[error("the client did not send the request body within {0} ms")]
     ClientTimeout(u64),
+    /// A transformer's call to its predictor failed; `status` is what the predictor answered
+    /// (0 when it could not be reached).
+    #[error("predictor: {message}")]
+    Predictor { status: u16, message: String },
 }
 
 pub type Result<T, E = ServeError> = std::result::Result<T, E>;
@@ -56,6 +60,12 @@ impl ServeError {
             }
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // Overload, unavailability and timeouts pass through so clients back off the same
+            // way; anything else the predictor did wrong is the gateway's 502.
+            ServeError::Predictor { status, .. } => match *status {
+                429 | 503 | 504 => StatusCode::from_u16(*status).expect("valid status"),
+                _ => StatusCode::BAD_GATEWAY,
+            },
         }
     }
 
@@ -73,6 +83,7 @@ impl ServeError {
                 "internal"
             }
             ServeError::Timeout(_) | ServeError::ClientTimeout(_) => "timeout",
+            ServeError::Predictor { .. } => "predictor",
         }
     }
 
@@ -93,6 +104,7 @@ impl ServeError {
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 tonic::Status::internal(msg)
             }
+            ServeError::Predictor { .. } => tonic::Status::unavailable(msg),
         }
     }
 }
@@ -106,8 +118,8 @@ impl IntoResponse for ServeError {
         )
             .into_response();
         if matches!(
-            self,
-            ServeError::Overloaded { .. } | ServeError::ModelNotReady(_)
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod status;
+pub mod transformer;
 pub mod worker;
 
 pub use error::ServeError;

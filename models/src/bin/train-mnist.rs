@@ -147,6 +147,13 @@ fn write_model(varmap: &VarMap, dir: &PathBuf, acc: f32, held_out: usize) -> Res
             {"name": "class", "datatype": "INT64", "shape": []}
         ],
         "labels": (0..10).map(|d| d.to_string()).collect::<Vec<_>>(),
+        "image": {
+            "resize_shorter": SIDE,
+            "mean": [0.0],
+            "std": [1.0],
+            "scores_output": "probabilities",
+            "scores": "probabilities"
+        },
         "info": {
             "trained_on": "scikit-learn digits (UCI), upscaled to 28x28; every fifth sample held out",
             "held_out_accuracy": (acc * 10000.0).round() / 10000.0,

@@ -87,7 +87,17 @@ async fn list_models(
 
 /// Reads the body under the size limit and the body deadline.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes> {
-    let limit = state.max_body_bytes;
+    read_body_within(headers, body, state.max_body_bytes, state.body_timeout).await
+}
+
+/// A body of at most `limit` bytes that arrives within `timeout` (slow clients get 408, not a
+/// held slot; oversize ones 413 before their body is read).
+pub(crate) async fn read_body_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -97,10 +107,8 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         return Err(ServeError::BodyTooLarge { got: len, limit });
     }
     let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(state.body_timeout, limited.collect()).await {
-        Err(_) => Err(ServeError::ClientTimeout(
-            state.body_timeout.as_millis() as u64
-        )),
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ServeError::ClientTimeout(timeout.as_millis() as u64)),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServeError::BodyTooLarge {
             got: limit + 1,
             limit,

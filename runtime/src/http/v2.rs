@@ -40,6 +40,9 @@ pub fn metadata_json(handle: &ModelHandle) -> Value {
     if !cfg.labels.is_empty() {
         params.insert("labels".into(), json!(cfg.labels));
     }
+    if let Some(image) = &cfg.image {
+        params.insert("image".into(), json!(image));
+    }
     for (k, v) in &cfg.info {
         params.insert(k.clone(), v.clone());
     }
