@@ -458,3 +458,151 @@ spec:
     assert_eq!(s["ready"], 2);
     up.stop();
 }
+
+/// Every component's status, by component name.
+async fn components(up: &Up) -> std::collections::HashMap<String, Value> {
+    let s: Value = reqwest::get(format!("{}/siesta/status", up.gateway))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["component"].as_str().unwrap().to_string(), c.clone()))
+        .collect()
+}
+
+/// A held-out digit as a PNG in the V1 image request that KServe's image transformer takes.
+fn digit_png_body(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    use base64::Engine;
+    let digits = siesta_models::digits::load_digits().unwrap();
+    let (i, d) = digits
+        .iter()
+        .enumerate()
+        .find(|(i, _)| siesta_models::digits::is_held_out(*i))
+        .unwrap();
+    let _ = i;
+    let px: Vec<u8> = siesta_models::mnist::digit_to_mnist(&d.pixels)
+        .iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    let img = image::GrayImage::from_raw(28, 28, px).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    let body = serde_json::json!({"instances": [{"image_bytes": {"b64": b64}, "key": "1"}]});
+    let path = dir.join("image.json");
+    std::fs::write(&path, body.to_string()).unwrap();
+    (path, d.label as u64)
+}
+
+#[tokio::test]
+async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
+    // Scenario 5's manifest as shipped: the transformer is `kserve/image-transformer`, which
+    // Siesta's own image transformer replaces on one host; the TorchServe predictor's gs://
+    // URI is mirrored to the shipped MNIST model.
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/autoscale-adv.yaml"
+    ))
+    .unwrap();
+    let mirror = format!(
+        "gs://kfserving-examples/models/torchserve/image_classifier=file://{}/models/mnist",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let up = Up::start_with(&manifest, &["--storage-mirror", &mirror]);
+    let ready_both = |c: &std::collections::HashMap<String, Value>| {
+        c["torch-transformer-predictor"]["ready"] == 1
+            && c["torch-transformer-transformer"]["ready"] == 1
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = components(&up).await;
+        if ready_both(&c) {
+            assert_eq!(c["torch-transformer-transformer"]["metric"], "rps");
+            assert_eq!(c["torch-transformer-predictor"]["metric"], "concurrency");
+            break;
+        }
+        assert!(Instant::now() < deadline, "components not ready: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (body, label) = digit_png_body(dir.path());
+    // One request by hand: client -> gateway -> transformer -> gateway -> predictor.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/models/mnist:predict", up.gateway))
+        .header("host", "torch-transformer.default.example.com")
+        .body(std::fs::read(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["predictions"][0]["prediction"], label, "{answer}");
+    assert_eq!(answer["predictions"][0]["key"], "1");
+
+    // 2 workers x 10 rps = 20 rps. Transformer: rps target 8 x 70 % = 5.6 per replica ->
+    // ceil(20 / 5.6) = 4. Predictor: a few ms per call keeps its concurrency far below
+    // 2 x 70 % = 1.4, so it stays at one replica.
+    let url = format!("{}/v1/models/mnist:predict", up.gateway);
+    let codes = tokio::task::spawn_blocking(move || {
+        hey(
+            &[
+                "-z",
+                "6s",
+                "-c",
+                "2",
+                "-q",
+                "10",
+                "-host",
+                "torch-transformer.default.example.com",
+            ],
+            &body,
+            &url,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(codes.len() > 60, "{} requests", codes.len());
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    let c = components(&up).await;
+    let transformer = &c["torch-transformer-transformer"];
+    let predictor = &c["torch-transformer-predictor"];
+    let wanted = |s: &Value| s["desired"].as_u64().unwrap();
+    assert!(
+        (3..=4).contains(&wanted(transformer)),
+        "transformer on rps: {transformer}"
+    );
+    assert_eq!(
+        wanted(predictor),
+        1,
+        "predictor on concurrency: {predictor}"
+    );
+    // Both components saw the traffic: the transformer's calls came back through the gateway.
+    let metrics = reqwest::get(format!("{}/siesta/metrics", up.gateway))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for component in [
+        "torch-transformer-transformer",
+        "torch-transformer-predictor",
+    ] {
+        let prefix =
+            format!("siesta_gateway_requests_total{{component=\"{component}\",status=\"200\"}}");
+        let n = metrics
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in metrics"));
+        assert!(n as usize >= codes.len(), "{component}: {n}");
+    }
+    up.stop();
+}

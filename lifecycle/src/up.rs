@@ -12,7 +12,7 @@ use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use crate::gateway::pool::Pool;
 use crate::gateway::trace::TraceRecorder;
 use crate::gateway::{Gateway, MetricsRender, Route};
-use crate::manifest::{Component, InferenceService, Workload};
+use crate::manifest::{Component, ComponentKind, InferenceService, Workload};
 
 #[derive(Clone)]
 pub struct UpConfig {
@@ -49,10 +49,34 @@ pub enum UpError {
     },
 }
 
+/// KServe's image transformer, which Siesta's own (`siesta serve --transformer image`) replaces
+/// on one host, where there is no container runtime.
+fn is_image_transformer(image: &str) -> bool {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    name.split([':', '@']).next() == Some("image-transformer")
+}
+
+/// `--model_name X` or `--model_name=X` among a container's args (KServe's model server flag).
+fn container_model_name(args: &[String]) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        let a = a.trim_start_matches('-');
+        if let Some(v) = a
+            .strip_prefix("model_name=")
+            .or_else(|| a.strip_prefix("model-name="))
+        {
+            return Some(v.to_string());
+        }
+        (a == "model_name" || a == "model-name")
+            .then(|| args.get(i + 1).cloned())
+            .flatten()
+    })
+}
+
 fn template(
     isvc: &InferenceService,
     c: &Component,
     extra: &[String],
+    gateway: SocketAddr,
 ) -> Result<ReplicaTemplate, UpError> {
     match &c.workload {
         Workload::Model(m) => {
@@ -75,11 +99,45 @@ fn template(
                 env: m.env.clone(),
             })
         }
-        Workload::Containers(_) => Err(UpError::Unsupported {
+        Workload::Containers(containers)
+            if c.kind == ComponentKind::Transformer
+                && containers.len() == 1
+                && is_image_transformer(&containers[0].image) =>
+        {
+            let container = &containers[0];
+            tracing::info!(service = %isvc.name, image = %container.image,
+                "on one host Siesta's image transformer runs in place of this container");
+            let model = container_model_name(&container.args).unwrap_or_else(|| isvc.name.clone());
+            let mut args = vec![
+                "--transformer".to_string(),
+                "image".to_string(),
+                "--model-name".to_string(),
+                model,
+                // Back through the gateway, so the predictor's demand is counted and scaled.
+                "--predictor-url".to_string(),
+                format!("http://{gateway}"),
+                "--predictor-host".to_string(),
+                format!("{}-predictor", isvc.name),
+                "--predictor-model".to_string(),
+                isvc.name.clone(),
+            ];
+            args.extend(extra.iter().cloned());
+            Ok(ReplicaTemplate {
+                args,
+                env: container.env.clone(),
+            })
+        }
+        Workload::Containers(containers) => Err(UpError::Unsupported {
             service: isvc.name.clone(),
             reason: format!(
-                "the {} runs `containers:`, which need a container runtime; on one host Siesta runs models only",
-                c.kind.as_str()
+                "the {} runs `containers:` ({}), which need a container runtime; on one host Siesta \
+                 runs models, and its own image transformer in place of kserve/image-transformer",
+                c.kind.as_str(),
+                containers
+                    .iter()
+                    .map(|c| c.image.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }
@@ -96,6 +154,17 @@ pub async fn run(
         cfg.siesta_bin.clone(),
         cfg.log_dir.clone(),
     ));
+    // Bound before the replicas are described: transformers call the predictor through it.
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|source| UpError::Bind {
+            addr: cfg.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| UpError::Bind {
+        addr: cfg.addr,
+        source,
+    })?;
     let mut routes = HashMap::new();
     let mut all_pools: Vec<(Arc<Pool>, ComponentScalingView)> = Vec::new();
     let mut scalers = Vec::new();
@@ -109,7 +178,7 @@ pub async fn run(
                 service: isvc.name.clone(),
                 kind: c.kind,
             };
-            backend.register(&key, template(isvc, c, &cfg.replica_args)?);
+            backend.register(&key, template(isvc, c, &cfg.replica_args, addr)?);
             let endpoints = backend.endpoints(&key).expect("registered above");
             let pool = Pool::new(key, c.container_concurrency, cfg.hold_limit, endpoints);
             scalers.push(LiveAutoscaler {
@@ -147,16 +216,6 @@ pub async fn run(
             },
         );
     }
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|source| UpError::Bind {
-            addr: cfg.addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| UpError::Bind {
-        addr: cfg.addr,
-        source,
-    })?;
     let tasks: Vec<_> = scalers.into_iter().map(|s| tokio::spawn(s.run())).collect();
     on_listening(addr);
     let status_backend = backend.clone();
@@ -240,7 +299,14 @@ mod tests {
                     containerConcurrency: 2\n    model:\n      modelFormat: {name: siesta}\n      storageUri: siesta://mnist\n      \
                     env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n";
         let isvc = parse(text, &ClusterDefaults::default()).unwrap().remove(0);
-        let t = template(&isvc, &isvc.predictor, &["--device".into(), "cpu".into()]).unwrap();
+        let gw: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let t = template(
+            &isvc,
+            &isvc.predictor,
+            &["--device".into(), "cpu".into()],
+            gw,
+        )
+        .unwrap();
         assert_eq!(
             t.args,
             [
@@ -262,8 +328,44 @@ mod tests {
                     env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n", "    containers: [{image: x}]\n");
         let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
         assert!(matches!(
-            template(&isvc, &isvc.predictor, &[]),
+            template(&isvc, &isvc.predictor, &[], gw),
             Err(UpError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn kserves_image_transformer_becomes_siestas_calling_back_through_the_gateway() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/autoscale-adv.yaml"
+        ))
+        .unwrap();
+        let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
+        let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let t = template(&isvc, isvc.transformer.as_ref().unwrap(), &[], gw).unwrap();
+        assert_eq!(
+            t.args,
+            [
+                "--transformer",
+                "image",
+                "--model-name",
+                "mnist",
+                "--predictor-url",
+                "http://127.0.0.1:8080",
+                "--predictor-host",
+                "torch-transformer-predictor",
+                "--predictor-model",
+                "torch-transformer"
+            ]
+        );
+        assert!(is_image_transformer(
+            "docker.io/kserve/image-transformer:v0.11"
+        ));
+        assert!(!is_image_transformer("kserve/image-transformer-v2"));
+        assert_eq!(
+            container_model_name(&["--model_name=x".into()]),
+            Some("x".into())
+        );
+        assert_eq!(container_model_name(&["--model_name".into()]), None);
     }
 }

@@ -132,13 +132,19 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.split([':', '.']).next())
             .unwrap_or_default();
+        // The whole name first: a service may itself end in "-transformer" (scenario 5's
+        // `torch-transformer`).
+        if let Some(r) = self.routes.get(host) {
+            return Some((r.entry.clone(), r.timeout));
+        }
         if let Some(service) = host.strip_suffix("-predictor")
             && let Some(r) = self.routes.get(service)
         {
             return Some((r.predictor.clone(), r.timeout));
         }
-        let host_service = host.strip_suffix("-transformer").unwrap_or(host);
-        if let Some(r) = self.routes.get(host_service) {
+        if let Some(service) = host.strip_suffix("-transformer")
+            && let Some(r) = self.routes.get(service)
+        {
             return Some((r.entry.clone(), r.timeout));
         }
         let name = model_in_path(uri.path())?;
