@@ -606,3 +606,106 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
     }
     up.stop();
 }
+
+#[tokio::test]
+async fn grpc_through_the_gateway_scales_from_zero_and_errors_are_grpc_statuses() {
+    use siesta_runtime::grpc::pb;
+    let up = Up::start(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: digits}
+spec:
+  predictor:
+    minReplicas: 0
+    model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
+",
+    );
+    up.wait_for("initial replica", Duration::from_secs(20), |s| {
+        s["ready"] == 1
+    })
+    .await;
+    up.wait_for("scale to zero", Duration::from_secs(30), |s| {
+        s["ready"] == 0 && s["starting"] == 0
+    })
+    .await;
+    // h2c to the gateway; the model name inside each message picks the InferenceService.
+    let mut client =
+        pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(up.gateway.clone())
+            .await
+            .unwrap();
+    let digits = siesta_models::digits::load_digits().unwrap();
+    let (i, d) = digits
+        .iter()
+        .enumerate()
+        .find(|(i, _)| siesta_models::digits::is_held_out(*i))
+        .unwrap();
+    let _ = i;
+    let img = siesta_models::mnist::digit_to_mnist(&d.pixels);
+    let req = pb::ModelInferRequest {
+        model_name: "digits".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 28, 28],
+            parameters: Default::default(),
+            contents: None,
+        }],
+        raw_input_contents: vec![img.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    };
+    // At zero: the call is held while a replica starts, then answered.
+    let resp = client.model_infer(req.clone()).await.unwrap();
+    let held: f64 = resp
+        .metadata()
+        .get("x-siesta-held-ms")
+        .expect("held header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(held > 0.0, "the call waited for a replica");
+    let resp = resp.into_inner();
+    let class_at = resp.outputs.iter().position(|o| o.name == "class").unwrap();
+    let class = i64::from_le_bytes(resp.raw_output_contents[class_at][..8].try_into().unwrap());
+    assert_eq!(class, i64::from(d.label));
+    for _ in 0..20 {
+        client.model_infer(req.clone()).await.unwrap();
+    }
+    assert!(
+        client
+            .model_ready(pb::ModelReadyRequest {
+                name: "digits".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    // The replica's own errors come through; the gateway's are gRPC statuses too.
+    let err = client
+        .model_infer(pb::ModelInferRequest {
+            model_name: "digits".into(),
+            inputs: req.inputs.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    let err = client
+        .model_infer(pb::ModelInferRequest {
+            model_name: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("nobody"), "{}", err.message());
+    up.stop();
+}

@@ -14,6 +14,9 @@ use crate::gateway::trace::TraceRecorder;
 use crate::gateway::{Gateway, MetricsRender, Route};
 use crate::manifest::{Component, ComponentKind, InferenceService, Workload};
 
+/// How long the gateway waits for open client connections once shutdown begins.
+const GATEWAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct UpConfig {
     pub services: Vec<InferenceService>,
@@ -228,11 +231,25 @@ pub async fn run(
         None => None,
     };
     let app = Gateway::new(routes, cfg.metrics.clone(), status, recorder).router();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "gateway stopped");
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    });
+    // Graceful shutdown waits for every client connection to close, and a gRPC client may keep
+    // an idle HTTP/2 connection open for ever: in-flight requests get a bound, then we go on.
+    let drain_bound = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(GATEWAY_DRAIN).await;
+    };
+    tokio::select! {
+        served = server.into_future() => if let Err(e) = served {
+            tracing::error!(error = %e, "gateway stopped");
+        },
+        _ = drain_bound => tracing::warn!(
+            "client connections still open {} s after shutdown began; closing them",
+            GATEWAY_DRAIN.as_secs()
+        ),
     }
     for t in tasks {
         t.abort();

@@ -48,7 +48,7 @@ struct Component {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Starting,
-    Ready(SocketAddr),
+    Ready(SocketAddr, Option<SocketAddr>),
     Stopping,
 }
 
@@ -125,7 +125,7 @@ impl ReplicaBackend for LocalBackend {
                 .count() as u32,
             ready: replicas
                 .iter()
-                .filter(|r| matches!(r.phase, Phase::Ready(_)))
+                .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
         })
     }
@@ -158,9 +158,10 @@ fn publish(c: &Component) {
         .lock()
         .iter()
         .filter_map(|r| match r.phase {
-            Phase::Ready(addr) => Some(Endpoint {
+            Phase::Ready(addr, grpc) => Some(Endpoint {
                 replica: r.id.clone(),
                 addr,
+                grpc,
             }),
             _ => None,
         })
@@ -230,7 +231,7 @@ fn stop_extra(c: &Component, n: usize) {
         .collect();
     order.sort_by_key(|&i| {
         (
-            matches!(replicas[i].phase, Phase::Ready(_)),
+            matches!(replicas[i].phase, Phase::Ready(..)),
             std::cmp::Reverse(i),
         )
     });
@@ -260,7 +261,8 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
             "127.0.0.1",
             "--http-port",
             "0",
-            "--no-grpc",
+            "--grpc-port",
+            "0",
             "--replica-id",
             &id,
         ])
@@ -281,12 +283,12 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
     let c = c.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(STARTUP_DEADLINE, wait_ready(stdout)).await {
-            Ok(Some(addr)) => {
+            Ok(Some((addr, grpc))) => {
                 let mut published = false;
                 if let Some(r) = c.replicas.lock().iter_mut().find(|r| r.id == id)
                     && r.phase == Phase::Starting
                 {
-                    r.phase = Phase::Ready(addr);
+                    r.phase = Phase::Ready(addr, grpc);
                     published = true;
                 }
                 if published {
@@ -310,17 +312,18 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
 }
 
 /// Reads the replica's listening line, then polls its readiness (model loaded and warmed up).
-async fn wait_ready(stdout: tokio::process::ChildStdout) -> Option<SocketAddr> {
+async fn wait_ready(
+    stdout: tokio::process::ChildStdout,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).await.ok()?;
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))?
-        .parse()
-        .ok()?;
+    let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+    let addr: SocketAddr = field("http=")?.parse().ok()?;
+    // "grpc=off" for replicas without gRPC.
+    let grpc = field("grpc=").and_then(|g| g.parse().ok());
     loop {
         if probe_ready(addr).await {
-            return Some(addr);
+            return Some((addr, grpc));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -28,6 +28,8 @@ impl fmt::Display for ComponentKey {
 pub struct Endpoint {
     pub replica: String,
     pub addr: SocketAddr,
+    /// The replica's gRPC port, when it serves one (transformers do not).
+    pub grpc: Option<SocketAddr>,
 }
 
 /// How to start one replica of a component.

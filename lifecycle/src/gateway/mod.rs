@@ -3,6 +3,7 @@
 //! component, holds requests while a component has no ready replica, enforces
 //! `containerConcurrency`, and retries on another replica only requests that never reached one.
 
+pub mod grpc;
 pub mod pool;
 pub mod stats;
 pub mod trace;
@@ -45,6 +46,8 @@ pub type StatusRender = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub struct Gateway {
     routes: Arc<HashMap<String, Route>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/2 with prior knowledge, for gRPC to the replicas' gRPC ports.
+    h2: Client<HttpConnector, Full<Bytes>>,
     metrics: MetricsRender,
     status: StatusRender,
     recorder: Option<trace::TraceRecorder>,
@@ -98,7 +101,10 @@ impl Gateway {
         connector.set_nodelay(true);
         Gateway {
             routes: Arc::new(routes),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
             metrics,
             status,
             recorder,
@@ -126,10 +132,12 @@ impl Gateway {
             .with_state(self)
     }
 
+    /// By `Host` (HTTP/1) or `:authority` (HTTP/2), then by the model name in the path.
     fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<(Arc<Pool>, Duration)> {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.host())
             .and_then(|h| h.split([':', '.']).next())
             .unwrap_or_default();
         // The whole name first: a service may itself end in "-transformer" (scenario 5's
@@ -147,7 +155,10 @@ impl Gateway {
         {
             return Some((r.entry.clone(), r.timeout));
         }
-        let name = model_in_path(uri.path())?;
+        self.route_model(model_in_path(uri.path())?)
+    }
+
+    fn route_model(&self, name: &str) -> Option<(Arc<Pool>, Duration)> {
         self.routes.get(name).map(|r| (r.entry.clone(), r.timeout))
     }
 }
@@ -162,6 +173,9 @@ fn model_in_path(path: &str) -> Option<&str> {
 
 async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if grpc::is_grpc(&parts.headers) {
+        return grpc::forward(&gw, parts, body).await;
+    }
     let Some((pool, timeout)) = gw.route(&parts.uri, &parts.headers) else {
         return GatewayError::NoRoute(parts.uri.path().to_string()).into_response();
     };

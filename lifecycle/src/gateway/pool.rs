@@ -69,6 +69,7 @@ pub struct Lease {
     pool: Arc<Pool>,
     pub replica: String,
     pub addr: SocketAddr,
+    pub grpc: Option<SocketAddr>,
 }
 
 impl Drop for Lease {
@@ -192,6 +193,7 @@ impl Pool {
                         pool: self.clone(),
                         replica: e.replica,
                         addr: e.addr,
+                        grpc: e.grpc,
                     });
                 }
                 if st.trackers.is_empty() {
@@ -310,6 +312,7 @@ mod tests {
         Endpoint {
             replica: format!("r{n}"),
             addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + n)),
+            grpc: None,
         }
     }
 

@@ -1,0 +1,283 @@
+//! gRPC (h2c) through the gateway: KServe's V2 `GRPCInferenceService` to the replicas' gRPC
+//! ports. A call is routed by `:authority`/`Host` like REST, or else by the model name in its
+//! request message (field 1 of every V2 request that names a model). Errors are gRPC statuses
+//! (trailers-only responses), never HTTP error pages a gRPC client cannot read. The response
+//! streams back with its trailers, and the replica slot is held until the last frame.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::Instant;
+
+use super::pool::{AcquireError, DemandGuard, Lease, Pool};
+use super::{ATTEMPTS, Gateway, MAX_BODY};
+
+/// gRPC status codes the gateway answers with.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+pub enum Code {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A trailers-only gRPC error: HTTP 200 with `grpc-status` and `grpc-message` in the headers.
+pub fn error(code: Code, message: &str) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code as u16));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_str(&percent_encode(message)).expect("percent-encoded is ascii"),
+    );
+    resp
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, every other byte as %XX.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The model name of a V2 request message: field 1 (a string) of the first length-prefixed
+/// message in the body.
+pub fn model_name(body: &[u8]) -> Option<&str> {
+    // 1 byte compressed flag (must be 0: a compressed message cannot be read here), 4 bytes length.
+    let (&flag, rest) = body.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut msg = rest.get(4..4 + len)?;
+    while !msg.is_empty() {
+        let (key, n) = varint(msg)?;
+        msg = &msg[n..];
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => msg = &msg[varint(msg)?.1..],
+            1 => msg = msg.get(8..)?,
+            5 => msg = msg.get(4..)?,
+            2 => {
+                let (len, n) = varint(msg)?;
+                let value = msg.get(n..n + len as usize)?;
+                if field == 1 {
+                    return std::str::from_utf8(value).ok();
+                }
+                msg = &msg[n + len as usize..];
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().take(10).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// The upstream response body; keeps the replica slot and the demand count until it ends.
+struct LeasedBody {
+    inner: Incoming,
+    held: Option<(Lease, DemandGuard)>,
+}
+
+impl hyper::body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Forwards one gRPC call to a replica of the routed component.
+pub async fn forward(gw: &Gateway, parts: axum::http::request::Parts, body: Body) -> Response {
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(Code::InvalidArgument, &format!("request body: {e}")),
+    };
+    let routed = gw
+        .route(&parts.uri, &parts.headers)
+        .or_else(|| gw.route_model(model_name(&body)?));
+    let Some((pool, timeout)) = routed else {
+        return error(
+            Code::NotFound,
+            &format!(
+                "no InferenceService serves {} (model {:?})",
+                parts.uri.path(),
+                model_name(&body).unwrap_or("?")
+            ),
+        );
+    };
+    call(gw, &pool, timeout, parts, body).await
+}
+
+async fn call(
+    gw: &Gateway,
+    pool: &Arc<Pool>,
+    timeout: Duration,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
+    let demand = pool.arrive();
+    let arrived = Instant::now();
+    let deadline = arrived + timeout;
+    let mut tried = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let lease = match pool.acquire(deadline, &tried).await {
+            Ok(l) => l,
+            Err(e @ AcquireError::Timeout { .. }) => {
+                return error(Code::DeadlineExceeded, &e.to_string());
+            }
+            Err(e) => return error(Code::Unavailable, &e.to_string()),
+        };
+        let Some(addr) = lease.grpc else {
+            return error(
+                Code::Unavailable,
+                &format!("{} does not serve gRPC", pool.name),
+            );
+        };
+        let mut upstream = hyper::Request::builder()
+            .method(parts.method.clone())
+            .uri(format!(
+                "http://{addr}{}",
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            ));
+        for (k, v) in &parts.headers {
+            if k != header::HOST && k != header::CONNECTION {
+                upstream = upstream.header(k, v);
+            }
+        }
+        let upstream = upstream
+            .body(Full::new(body.clone()))
+            .expect("valid request parts");
+        match tokio::time::timeout_at(deadline, gw.h2.request(upstream)).await {
+            Err(_) => {
+                return error(
+                    Code::DeadlineExceeded,
+                    &format!("no response within {} s", timeout.as_secs()),
+                );
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(component = %pool.key, replica = %lease.replica, error = %e, "gRPC connect failed; retrying");
+                tried.push(lease.replica.clone());
+            }
+            Ok(Err(e)) => {
+                return error(
+                    Code::Unavailable,
+                    &format!("replica {} failed: {e}", lease.replica),
+                );
+            }
+            Ok(Ok(resp)) => {
+                metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => "grpc").increment(1);
+                let (mut head, inner) = resp.into_parts();
+                // As on REST: how long the call waited for a replica (gRPC response metadata).
+                let held = format!("{:.3}", arrived.elapsed().as_secs_f64() * 1e3);
+                head.headers.insert(
+                    "x-siesta-held-ms",
+                    HeaderValue::from_str(&held).expect("ascii"),
+                );
+                return Response::from_parts(
+                    head,
+                    Body::new(LeasedBody {
+                        inner,
+                        held: Some((lease, demand)),
+                    }),
+                );
+            }
+        }
+    }
+    error(
+        Code::Unavailable,
+        &format!("connection refused by {}", tried.join(", ")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(msg: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    }
+
+    #[test]
+    fn the_model_name_is_field_one_of_the_message() {
+        // ModelInferRequest { model_name: "mnist", model_version: "1" }
+        let msg = [&[0x0a, 5][..], b"mnist", &[0x12, 1], b"1"].concat();
+        assert_eq!(model_name(&frame(&msg)), Some("mnist"));
+        // Other fields first (a varint, a fixed64, a string) are skipped.
+        let msg = [
+            &[0x18, 0x96, 0x01, 0x21][..],
+            &[0; 8],
+            &[0x12, 1],
+            b"x",
+            &[0x0a, 2],
+            b"ab",
+        ]
+        .concat();
+        assert_eq!(model_name(&frame(&msg)), Some("ab"));
+        // ServerLiveRequest is empty; compressed and truncated messages name no model.
+        assert_eq!(model_name(&frame(&[])), None);
+        assert_eq!(model_name(&[1, 0, 0, 0, 0]), None);
+        assert_eq!(model_name(&frame(&[0x0a, 9, b'a'])), None);
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
+    }
+}
