@@ -109,6 +109,13 @@ struct UpArgs {
     /// PREFIX=TARGET storage mirrors, passed to every replica (repeatable).
     #[arg(long, value_parser = parse_mirror)]
     storage_mirror: Vec<(String, String)>,
+    /// Device memory a replica needs beyond its weights (CUDA context, activations), in MiB.
+    #[arg(long, default_value_t = 512)]
+    gpu_memory_overhead_mib: u64,
+    /// Place replicas as if these GPUs were present (free MiB each, comma-separated), for
+    /// planning and tests on machines without one; replicas still run on CPU here.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    simulate_gpus: Vec<u64>,
 }
 
 #[derive(Subcommand)]

@@ -35,12 +35,22 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         "MODE"
     );
     for c in doc["components"].as_array().into_iter().flatten() {
-        let replicas: Vec<&str> = c["endpoints"]
+        // Each replica with the GPU it was placed on, e.g. "flowers-predictor-3@gpu1".
+        let mut replicas: Vec<String> = c["endpoints"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|e| e["replica"].as_str())
+            .filter_map(|e| {
+                let name = e["replica"].as_str()?;
+                Some(match e["gpu"].as_u64() {
+                    Some(g) => format!("{name}@gpu{g}"),
+                    None => name.to_string(),
+                })
+            })
             .collect();
+        if let Some(why) = c["pending"].as_str() {
+            replicas.push(format!("(pending: {why})"));
+        }
         let a = &c["autoscaler"];
         println!(
             "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",
@@ -64,6 +74,18 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
                 "-"
             },
             replicas.join(" ")
+        );
+    }
+    for g in doc["gpus"].as_array().into_iter().flatten() {
+        println!(
+            "GPU {} {}: {} of {} MiB free, {}% busy",
+            g["index"],
+            g["name"].as_str().unwrap_or("?"),
+            g["free_bytes"].as_u64().unwrap_or(0) >> 20,
+            g["total_bytes"].as_u64().unwrap_or(0) >> 20,
+            g["utilization_percent"]
+                .as_u64()
+                .map_or("?".to_string(), |u| u.to_string())
         );
     }
     Ok(())

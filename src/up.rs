@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml, SimulatedGpus};
 use siesta_lifecycle::manifest::{self, ClusterDefaults};
-use siesta_lifecycle::up::{self as lifecycle_up, UpConfig};
+use siesta_lifecycle::up::{self as lifecycle_up, GpuMemoryEstimate, UpConfig};
+use siesta_models::DeviceSpec;
+use siesta_models::embedded::MNIST_WEIGHTS;
 
 use crate::UpArgs;
 
@@ -38,6 +41,19 @@ pub async fn run(a: UpArgs) -> Result<()> {
     for (from, to) in &a.storage_mirror {
         replica_args.extend(["--storage-mirror".to_string(), format!("{from}={to}")]);
     }
+    let gpus: Option<Arc<dyn GpuInventory>> = match a.device {
+        // Pinned to a device (cpu, or one named GPU): no placement.
+        DeviceSpec::Cpu | DeviceSpec::Cuda(_) => None,
+        DeviceSpec::Auto if !a.simulate_gpus.is_empty() => {
+            Some(Arc::new(SimulatedGpus::with_free_mib(&a.simulate_gpus)))
+        }
+        DeviceSpec::Auto => Nvml::probe().map(|n| Arc::new(n) as Arc<dyn GpuInventory>),
+    };
+    let overhead = a.gpu_memory_overhead_mib << 20;
+    let mirrors = a.storage_mirror.clone();
+    let gpu_memory: GpuMemoryEstimate = Arc::new(move |uri| {
+        Some(model_bytes(uri, &mirrors).unwrap_or(UNKNOWN_MODEL_BYTES) + overhead)
+    });
     let cfg = UpConfig {
         services,
         addr: SocketAddr::new(a.host, a.port),
@@ -47,6 +63,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
         hold_limit: a.hold_queue,
         enable_scale_to_zero: !a.no_scale_to_zero,
         record_trace: a.record_trace,
+        gpus,
+        gpu_memory,
         metrics: {
             let handle = siesta_runtime::metrics::install();
             Arc::new(move || handle.render())
@@ -62,6 +80,37 @@ pub async fn run(a: UpArgs) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Assumed for models whose size cannot be known without downloading them.
+const UNKNOWN_MODEL_BYTES: u64 = 1 << 30;
+
+/// The size of a model's files where it can be known without a download: the embedded model,
+/// and local directories (directly or through a mirror).
+fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)]) -> Option<u64> {
+    let uri = match uri {
+        None | Some("siesta://mnist") => return Some(MNIST_WEIGHTS.len() as u64),
+        Some(u) => u,
+    };
+    let mapped = mirrors
+        .iter()
+        .filter(|(from, _)| uri.starts_with(from.as_str()))
+        .max_by_key(|(from, _)| from.len())
+        .map_or_else(
+            || uri.to_string(),
+            |(from, to)| format!("{to}{}", &uri[from.len()..]),
+        );
+    if mapped.contains("://") && !mapped.starts_with("file://") {
+        return None;
+    }
+    let dir = std::path::Path::new(mapped.trim_start_matches("file://"));
+    let total = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    Some(total)
 }
 
 async fn shutdown_signal() {

@@ -38,9 +38,12 @@ impl Up {
                 "1s",
                 "--tick",
                 "200ms",
-                "--device",
-                "cpu",
             ])
+            .args(if extra.contains(&"--device") {
+                &[][..]
+            } else {
+                &["--device", "cpu"][..]
+            })
             .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -707,5 +710,72 @@ spec:
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("nobody"), "{}", err.message());
+    up.stop();
+}
+
+#[tokio::test]
+async fn replicas_go_to_the_gpu_with_the_most_free_memory_or_wait_saying_why() {
+    // No GPU on these machines: a simulated inventory (two GPUs, 2 and 8 GiB free) stands in
+    // for NVML. Placement is real: the replica processes get CUDA_VISIBLE_DEVICES (and run on
+    // CPU, since this build has no CUDA).
+    let manifest = "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: placed}
+spec:
+  predictor:
+    minReplicas: 2
+    model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
+";
+    let up = Up::start_with(
+        manifest,
+        &["--device", "auto", "--simulate-gpus", "2048,8192"],
+    );
+    let s = up
+        .wait_for("two replicas", Duration::from_secs(30), |s| s["ready"] == 2)
+        .await;
+    for e in s["endpoints"].as_array().unwrap() {
+        assert_eq!(e["gpu"], 1, "{s}");
+        let pid = e["pid"].as_u64().unwrap();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            env.split(|b| *b == 0)
+                .any(|v| v == b"CUDA_VISIBLE_DEVICES=1"),
+            "replica {pid} was not given GPU 1"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
+        .args(["status", "--port", up.gateway.rsplit(':').next().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("placed-predictor-1@gpu1"), "{table}");
+    assert!(
+        table.contains("GPU 1 simulated: 8192 of 8192 MiB free"),
+        "{table}"
+    );
+    up.stop();
+
+    // A model that fits no GPU: the replica stays pending, and the status says why.
+    let up = Up::start_with(
+        manifest,
+        &[
+            "--device",
+            "auto",
+            "--simulate-gpus",
+            "2048,8192",
+            "--gpu-memory-overhead-mib",
+            "16384",
+        ],
+    );
+    let s = up
+        .wait_for("pending reason", Duration::from_secs(10), |s| {
+            s["pending"].is_string()
+        })
+        .await;
+    assert_eq!(s["ready"], 0);
+    assert_eq!(s["starting"], 0);
+    let why = s["pending"].as_str().unwrap();
+    assert!(why.contains("no GPU has 16384 MiB free"), "{why}");
     up.stop();
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::autoscaler::live::LiveAutoscaler;
+use crate::backend::gpu::GpuInventory;
 use crate::backend::local::LocalBackend;
 use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use crate::gateway::pool::Pool;
@@ -32,7 +33,13 @@ pub struct UpConfig {
     pub metrics: MetricsRender,
     /// Where to record every answered request (`siesta scale simulate` reads it).
     pub record_trace: Option<PathBuf>,
+    /// NVML, or a simulated inventory; `None`: replicas run on CPU.
+    pub gpus: Option<Arc<dyn GpuInventory>>,
+    pub gpu_memory: GpuMemoryEstimate,
 }
+
+/// One model replica's GPU memory, from its `storageUri`; `None` when replicas run on CPU.
+pub type GpuMemoryEstimate = Arc<dyn Fn(Option<&str>) -> Option<u64> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -79,6 +86,7 @@ fn template(
     isvc: &InferenceService,
     c: &Component,
     extra: &[String],
+    gpu_memory: &GpuMemoryEstimate,
     gateway: SocketAddr,
 ) -> Result<ReplicaTemplate, UpError> {
     match &c.workload {
@@ -100,6 +108,7 @@ fn template(
                 args,
                 // The manifest's model env reaches the replica (e.g. OMP_NUM_THREADS).
                 env: m.env.clone(),
+                gpu_memory_bytes: gpu_memory(m.storage_uri.as_deref()),
             })
         }
         Workload::Containers(containers)
@@ -128,6 +137,8 @@ fn template(
             Ok(ReplicaTemplate {
                 args,
                 env: container.env.clone(),
+                // Decoding and resizing run on CPU.
+                gpu_memory_bytes: None,
             })
         }
         Workload::Containers(containers) => Err(UpError::Unsupported {
@@ -156,6 +167,7 @@ pub async fn run(
     let backend = Arc::new(LocalBackend::new(
         cfg.siesta_bin.clone(),
         cfg.log_dir.clone(),
+        cfg.gpus.clone(),
     ));
     // Bound before the replicas are described: transformers call the predictor through it.
     let listener = tokio::net::TcpListener::bind(cfg.addr)
@@ -181,7 +193,10 @@ pub async fn run(
                 service: isvc.name.clone(),
                 kind: c.kind,
             };
-            backend.register(&key, template(isvc, c, &cfg.replica_args, addr)?);
+            backend.register(
+                &key,
+                template(isvc, c, &cfg.replica_args, &cfg.gpu_memory, addr)?,
+            );
             let endpoints = backend.endpoints(&key).expect("registered above");
             let pool = Pool::new(key, c.container_concurrency, cfg.hold_limit, endpoints);
             scalers.push(LiveAutoscaler {
@@ -222,7 +237,12 @@ pub async fn run(
     let tasks: Vec<_> = scalers.into_iter().map(|s| tokio::spawn(s.run())).collect();
     on_listening(addr);
     let status_backend = backend.clone();
-    let status = Arc::new(move || status_json(&all_pools, status_backend.as_ref()));
+    let status_gpus = cfg.gpus.clone();
+    let status =
+        Arc::new(move || status_json(&all_pools, status_backend.as_ref(), status_gpus.as_deref()));
+    if let Some(inventory) = cfg.gpus.clone() {
+        tokio::spawn(export_gpu_metrics(inventory, backend.clone()));
+    }
     let recorder = match &cfg.record_trace {
         Some(path) => Some(TraceRecorder::start(path).map_err(|source| UpError::Trace {
             path: path.clone(),
@@ -258,6 +278,37 @@ pub async fn run(
     Ok(())
 }
 
+/// NVML's view as Prometheus gauges every 2 s: free memory and load per GPU, and the device
+/// memory each replica process holds.
+async fn export_gpu_metrics(inventory: Arc<dyn GpuInventory>, backend: Arc<LocalBackend>) {
+    loop {
+        let gpus = tokio::task::spawn_blocking({
+            let inventory = inventory.clone();
+            move || inventory.gpus()
+        })
+        .await
+        .unwrap_or_default();
+        let replicas = backend.replica_pids();
+        for g in &gpus {
+            let gpu = g.index.to_string();
+            metrics::gauge!("siesta_gpu_free_bytes", "gpu" => gpu.clone()).set(g.free_bytes as f64);
+            metrics::gauge!("siesta_gpu_total_bytes", "gpu" => gpu.clone())
+                .set(g.total_bytes as f64);
+            if let Some(u) = g.utilization_percent {
+                metrics::gauge!("siesta_gpu_utilization_percent", "gpu" => gpu.clone())
+                    .set(f64::from(u));
+            }
+            for (pid, bytes) in &g.processes {
+                if let Some(replica) = replicas.get(pid) {
+                    metrics::gauge!("siesta_replica_gpu_memory_bytes", "gpu" => gpu.clone(), "replica" => replica.clone())
+                        .set(*bytes as f64);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 struct ComponentScalingView {
     min: u32,
     max: u32,
@@ -269,6 +320,7 @@ struct ComponentScalingView {
 fn status_json(
     pools: &[(Arc<Pool>, ComponentScalingView)],
     backend: &LocalBackend,
+    gpus: Option<&dyn GpuInventory>,
 ) -> serde_json::Value {
     let components: Vec<serde_json::Value> = pools
         .iter()
@@ -279,7 +331,7 @@ fn status_json(
                 .map(|rx| {
                     rx.borrow()
                         .iter()
-                        .map(|e| serde_json::json!({"replica": e.replica, "addr": e.addr.to_string()}))
+                        .map(|e| serde_json::json!({"replica": e.replica, "addr": e.addr.to_string(), "gpu": e.gpu, "pid": e.pid}))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -299,10 +351,12 @@ fn status_json(
                 "max_replicas": view.max,
                 "container_concurrency": view.container_concurrency,
                 "endpoints": endpoints,
+                "pending": st.pending,
             })
         })
         .collect();
-    serde_json::json!({ "components": components })
+    let gpus = gpus.map(|g| g.gpus()).unwrap_or_default();
+    serde_json::json!({ "components": components, "gpus": gpus })
 }
 
 #[cfg(test)]
@@ -317,13 +371,16 @@ mod tests {
                     env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n";
         let isvc = parse(text, &ClusterDefaults::default()).unwrap().remove(0);
         let gw: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let on_gpu: GpuMemoryEstimate = Arc::new(|uri| uri.map(|u| u.len() as u64));
         let t = template(
             &isvc,
             &isvc.predictor,
             &["--device".into(), "cpu".into()],
+            &on_gpu,
             gw,
         )
         .unwrap();
+        assert_eq!(t.gpu_memory_bytes, Some("siesta://mnist".len() as u64));
         assert_eq!(
             t.args,
             [
@@ -345,7 +402,7 @@ mod tests {
                     env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n", "    containers: [{image: x}]\n");
         let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
         assert!(matches!(
-            template(&isvc, &isvc.predictor, &[], gw),
+            template(&isvc, &isvc.predictor, &[], &on_gpu, gw),
             Err(UpError::Unsupported { .. })
         ));
     }
@@ -359,7 +416,9 @@ mod tests {
         .unwrap();
         let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
         let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let t = template(&isvc, isvc.transformer.as_ref().unwrap(), &[], gw).unwrap();
+        let on_gpu: GpuMemoryEstimate = Arc::new(|_| Some(1));
+        let t = template(&isvc, isvc.transformer.as_ref().unwrap(), &[], &on_gpu, gw).unwrap();
+        assert_eq!(t.gpu_memory_bytes, None, "the transformer runs on CPU");
         assert_eq!(
             t.args,
             [

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use super::gpu::{GpuInventory, place};
 use super::{BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate};
 
 /// How long a replica may take from spawn to ready (model download and load included).
@@ -35,6 +36,8 @@ struct Inner {
     components: Mutex<HashMap<ComponentKey, Arc<Component>>>,
     next_replica: AtomicU64,
     stopping: watch::Sender<bool>,
+    /// NVML (or a simulated inventory); `None`: no GPU, every replica on CPU.
+    gpus: Option<Arc<dyn GpuInventory>>,
 }
 
 struct Component {
@@ -43,6 +46,7 @@ struct Component {
     desired: watch::Sender<u32>,
     endpoints: watch::Sender<Vec<Endpoint>>,
     replicas: Mutex<Vec<Replica>>,
+    pending: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +60,19 @@ struct Replica {
     id: String,
     child: Child,
     phase: Phase,
+    gpu: Option<u32>,
+    /// Device memory promised to this replica while it starts (NVML does not see it yet).
+    gpu_bytes: u64,
+}
+
+enum StartError {
+    /// Nothing to start it on yet; retried on the next round.
+    Pending(String),
+    Io(std::io::Error),
 }
 
 impl LocalBackend {
-    pub fn new(siesta_bin: PathBuf, log_dir: PathBuf) -> Self {
+    pub fn new(siesta_bin: PathBuf, log_dir: PathBuf, gpus: Option<Arc<dyn GpuInventory>>) -> Self {
         LocalBackend {
             inner: Arc::new(Inner {
                 siesta_bin,
@@ -67,8 +80,25 @@ impl LocalBackend {
                 components: Mutex::new(HashMap::new()),
                 next_replica: AtomicU64::new(1),
                 stopping: watch::channel(false).0,
+                gpus,
             }),
         }
+    }
+
+    /// Every live replica's process id, for matching NVML's per-process memory.
+    pub fn replica_pids(&self) -> HashMap<u32, String> {
+        let components: Vec<Arc<Component>> =
+            self.inner.components.lock().values().cloned().collect();
+        components
+            .iter()
+            .flat_map(|c| {
+                c.replicas
+                    .lock()
+                    .iter()
+                    .filter_map(|r| Some((r.child.id()?, r.id.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     fn component(&self, key: &ComponentKey) -> Result<Arc<Component>, BackendError> {
@@ -89,6 +119,7 @@ impl ReplicaBackend for LocalBackend {
             desired: watch::channel(0).0,
             endpoints: watch::channel(Vec::new()).0,
             replicas: Mutex::new(Vec::new()),
+            pending: Mutex::new(None),
         });
         self.inner
             .components
@@ -127,6 +158,7 @@ impl ReplicaBackend for LocalBackend {
                 .iter()
                 .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
+            pending: c.pending.lock().clone(),
         })
     }
 
@@ -162,6 +194,8 @@ fn publish(c: &Component) {
                 replica: r.id.clone(),
                 addr,
                 grpc,
+                gpu: r.gpu,
+                pid: r.child.id(),
             }),
             _ => None,
         })
@@ -187,12 +221,26 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         };
         if live.len() < want {
             for _ in live.len()..want {
-                if let Err(e) = start_replica(&inner, &c) {
-                    tracing::error!(component = %c.key, error = %e, "cannot start a replica");
+                match start_replica(&inner, &c) {
+                    Ok(()) => *c.pending.lock() = None,
+                    Err(StartError::Pending(reason)) => {
+                        let mut pending = c.pending.lock();
+                        if pending.as_deref() != Some(reason.as_str()) {
+                            tracing::warn!(component = %c.key, %reason, "replica pending");
+                            *pending = Some(reason);
+                        }
+                        break;
+                    }
+                    Err(StartError::Io(e)) => {
+                        tracing::error!(component = %c.key, error = %e, "cannot start a replica");
+                    }
                 }
             }
-        } else if live.len() > want {
-            stop_extra(&c, live.len() - want);
+        } else {
+            *c.pending.lock() = None;
+            if live.len() > want {
+                stop_extra(&c, live.len() - want);
+            }
         }
         publish(&c);
         if *stopping.borrow() && want == 0 && c.replicas.lock().is_empty() {
@@ -249,12 +297,42 @@ fn stop_extra(c: &Component, n: usize) {
     }
 }
 
-fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> {
+/// The GPU for a new replica of `c`, if it wants one and this host has any.
+fn choose_gpu(inner: &Inner, c: &Component) -> Result<Option<(u32, u64)>, StartError> {
+    let (Some(need), Some(inventory)) = (c.template.gpu_memory_bytes, &inner.gpus) else {
+        return Ok(None);
+    };
+    let gpus = inventory.gpus();
+    if gpus.is_empty() {
+        return Ok(None);
+    }
+    // Every component's starting replicas hold a promise on their GPU.
+    let mut promised = HashMap::new();
+    for other in inner.components.lock().values() {
+        for r in other.replicas.lock().iter() {
+            if let (Some(g), Phase::Starting) = (r.gpu, r.phase) {
+                *promised.entry(g).or_insert(0) += r.gpu_bytes;
+            }
+        }
+    }
+    place(&gpus, &promised, need)
+        .map(|g| Some((g, need)))
+        .map_err(StartError::Pending)
+}
+
+fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartError> {
+    let gpu = choose_gpu(inner, c)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
-    std::fs::create_dir_all(&inner.log_dir)?;
-    let log = std::fs::File::create(inner.log_dir.join(format!("{id}.log")))?;
-    let mut child = Command::new(&inner.siesta_bin)
+    std::fs::create_dir_all(&inner.log_dir).map_err(StartError::Io)?;
+    let log =
+        std::fs::File::create(inner.log_dir.join(format!("{id}.log"))).map_err(StartError::Io)?;
+    let mut cmd = Command::new(&inner.siesta_bin);
+    if let Some((g, _)) = gpu {
+        // The replica sees only its GPU, as cuda:0 (`--device auto` picks it).
+        cmd.env("CUDA_VISIBLE_DEVICES", g.to_string());
+    }
+    let mut child = cmd
         .arg("serve")
         .args([
             "--host",
@@ -272,14 +350,17 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> std::io::Result<()> 
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
-        .spawn()?;
+        .spawn()
+        .map_err(StartError::Io)?;
     let stdout = child.stdout.take().expect("piped stdout");
     c.replicas.lock().push(Replica {
         id: id.clone(),
         child,
         phase: Phase::Starting,
+        gpu: gpu.map(|(g, _)| g),
+        gpu_bytes: gpu.map_or(0, |(_, b)| b),
     });
-    tracing::info!(component = %c.key, replica = %id, "starting replica");
+    tracing::info!(component = %c.key, replica = %id, gpu = ?gpu.map(|(g, _)| g), "starting replica");
     let c = c.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(STARTUP_DEADLINE, wait_ready(stdout)).await {

@@ -2,6 +2,7 @@
 //! replica count, watch the ready endpoints. One host: [`local::LocalBackend`] (child processes);
 //! a cluster: Deployments (the Kubernetes issue).
 
+pub mod gpu;
 pub mod local;
 
 use std::fmt;
@@ -30,6 +31,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The replica's gRPC port, when it serves one (transformers do not).
     pub grpc: Option<SocketAddr>,
+    /// The GPU the replica was placed on (`None`: CPU).
+    pub gpu: Option<u32>,
+    /// The replica's process id, where the backend knows it (one host).
+    pub pid: Option<u32>,
 }
 
 /// How to start one replica of a component.
@@ -38,6 +43,8 @@ pub struct ReplicaTemplate {
     /// Arguments after `siesta serve` (local backend) or the container args (Kubernetes).
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Device memory one replica needs on a GPU; `None` for components that run on CPU.
+    pub gpu_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +52,8 @@ pub struct BackendStatus {
     pub desired: u32,
     pub starting: u32,
     pub ready: u32,
+    /// Why a wanted replica is not starting (e.g. no GPU has room for the model).
+    pub pending: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

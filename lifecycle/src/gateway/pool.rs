@@ -313,6 +313,8 @@ mod tests {
             replica: format!("r{n}"),
             addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + n)),
             grpc: None,
+            gpu: None,
+            pid: None,
         }
     }
 
