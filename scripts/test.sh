@@ -33,7 +33,7 @@ echo "== Python clients against target/debug/siesta"
 export SIESTA_BIN="$ROOT/target/debug/siesta"
 cd tests/python
 # tritonclient's and KServe's protobuf modules both define `inference.*`: one process each.
-for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py; do
+for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py test_onnx_oracle.py; do
   "$ROOT/.venv/bin/python" -m pytest -q "$suite"
 done
 echo "== all tests passed"

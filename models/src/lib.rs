@@ -10,6 +10,7 @@ pub mod identity;
 pub mod loader;
 pub mod mnist;
 pub mod model;
+pub mod onnx;
 pub mod resident;
 pub mod storage;
 pub mod tensor;

@@ -13,6 +13,7 @@ use crate::error::ModelError;
 use crate::identity::{self, IdentityModel};
 use crate::mnist::{self, MnistCnn, MnistModel};
 use crate::model::Model;
+use crate::onnx::{self, OnnxModel};
 use crate::resident::ResidentWeights;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,13 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             Ok(Box::new(MnistModel::new(config, resident)))
         }
         identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
+        onnx::ARCHITECTURE => {
+            let ModelSource::Dir(dir) = source else {
+                return Err(ModelError::UnknownArchitecture("onnx (embedded)".into()));
+            };
+            let file = OnnxModel::file(dir, &config);
+            Ok(Box::new(OnnxModel::load(config, &file, opts.device)?))
+        }
         other => Err(ModelError::UnknownArchitecture(other.to_string())),
     }
 }

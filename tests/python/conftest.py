@@ -33,6 +33,8 @@ class Siesta:
         self.grpc = fields["grpc"]
 
     def stop(self):
+        if self.proc.poll() is not None:
+            return
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=30)
         assert code == 0, f"siesta exited with {code}"
