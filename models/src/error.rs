@@ -36,7 +36,7 @@ pub enum ModelError {
     Config { path: PathBuf, reason: String },
     #[error("model file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("unknown architecture '{0}' (known: mnist_cnn, identity, onnx)")]
+    #[error("unknown architecture '{0}' (known: mnist_cnn, identity, onnx, torchscript)")]
     UnknownArchitecture(String),
     #[error("device '{0}' is not available: {1}")]
     Device(String, String),

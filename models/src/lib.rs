@@ -14,6 +14,8 @@ pub mod onnx;
 pub mod resident;
 pub mod storage;
 pub mod tensor;
+#[cfg(feature = "torch")]
+pub mod torchscript;
 
 pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;

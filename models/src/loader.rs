@@ -69,14 +69,23 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     if let Some(us) = opts.max_queue_delay_us {
         config.max_queue_delay_us = us;
     }
-    let device = opts.device.resolve()?;
     match config.architecture.as_str() {
         mnist::ARCHITECTURE => {
+            let device = opts.device.resolve()?;
             let host = weights.load()?;
             let resident = ResidentWeights::new(host, device, MnistCnn::new)?;
             Ok(Box::new(MnistModel::new(config, resident)))
         }
         identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
+        TORCHSCRIPT => {
+            let ModelSource::Dir(dir) = source else {
+                return Err(ModelError::UnknownArchitecture(
+                    "torchscript (embedded)".into(),
+                ));
+            };
+            let file = dir.join(config.weights.as_deref().unwrap_or("model.pt"));
+            load_torchscript(config, &file, opts.device)
+        }
         onnx::ARCHITECTURE => {
             let ModelSource::Dir(dir) = source else {
                 return Err(ModelError::UnknownArchitecture("onnx (embedded)".into()));
@@ -86,6 +95,34 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
         }
         other => Err(ModelError::UnknownArchitecture(other.to_string())),
     }
+}
+
+/// TorchScript files (`torch.jit.save`), run by libtorch.
+pub const TORCHSCRIPT: &str = "torchscript";
+
+#[cfg(feature = "torch")]
+fn load_torchscript(
+    config: ModelConfig,
+    file: &Path,
+    device: DeviceSpec,
+) -> Result<Box<dyn Model>, ModelError> {
+    Ok(Box::new(crate::torchscript::TorchScriptModel::load(
+        config, file, device,
+    )?))
+}
+
+#[cfg(not(feature = "torch"))]
+fn load_torchscript(
+    _config: ModelConfig,
+    file: &Path,
+    _device: DeviceSpec,
+) -> Result<Box<dyn Model>, ModelError> {
+    Err(ModelError::File {
+        path: file.to_path_buf(),
+        reason: "TorchScript needs libtorch: this siesta was built without the `torch` feature \
+                 (cargo build --release --features torch, see the README)"
+            .into(),
+    })
 }
 
 enum WeightsFrom {

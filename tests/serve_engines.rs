@@ -1,0 +1,58 @@
+//! Engine selection at load: a model the build cannot run fails to load with a message that
+//! names the file and says what to do, and the process exits non-zero (no panic, no hang).
+
+use std::process::Command;
+
+fn serve_fails_with(dir: &std::path::Path, want: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--no-grpc",
+        ])
+        .args(["--device", "cpu", "--storage-uri", dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for w in want {
+        assert!(err.contains(w), "missing {w:?} in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn model_dir(architecture: &str, file: &str, bytes: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(file), bytes).unwrap();
+    let config = serde_json::json!({
+        "name": "m", "architecture": architecture, "weights": file, "max_batch_size": 4,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [4]}],
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[cfg(not(feature = "torch"))]
+#[test]
+fn torchscript_without_the_torch_feature_says_how_to_build_it() {
+    let dir = model_dir("torchscript", "model.pt", b"not loaded");
+    serve_fails_with(dir.path(), &["model.pt", "`torch` feature"]);
+}
+
+#[cfg(feature = "torch")]
+#[test]
+fn a_file_that_is_not_torchscript_is_a_load_error_naming_it() {
+    let dir = model_dir("torchscript", "model.pt", b"not a zip archive");
+    serve_fails_with(dir.path(), &["model.pt", "not a TorchScript module"]);
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_a_load_error_naming_it() {
+    let dir = model_dir("onnx", "model.onnx", b"\xff\xff not protobuf");
+    serve_fails_with(dir.path(), &["model.onnx"]);
+}
