@@ -56,3 +56,43 @@ fn a_file_that_is_not_onnx_is_a_load_error_naming_it() {
     let dir = model_dir("onnx", "model.onnx", b"\xff\xff not protobuf");
     serve_fails_with(dir.path(), &["model.onnx"]);
 }
+
+#[test]
+fn a_tensorflow_saved_model_without_tf2onnx_says_how_to_convert_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("saved_model.pb"), b"\x08\x01").unwrap();
+    std::fs::create_dir(dir.path().join("variables")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--no-grpc",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--storage-uri",
+            dir.path().to_str().unwrap(),
+        ])
+        // A Python without tf2onnx (the interpreter is given; none is installed with it here).
+        .env("SIESTA_PYTHON", "/bin/false")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "TensorFlow SavedModel",
+        "tf2onnx.convert --saved-model",
+        "saved_model.pb",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert!(
+        !dir.path().join("model.onnx").exists(),
+        "nothing half-written"
+    );
+}

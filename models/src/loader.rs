@@ -43,7 +43,15 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             (config, WeightsFrom::Buffer(embedded::MNIST_WEIGHTS))
         }
         ModelSource::Dir(dir) => {
-            let config = ModelConfig::read(dir)?;
+            let bare = if dir.join(CONFIG_FILE).exists() {
+                None
+            } else {
+                OnnxModel::config_for_bare_dir(dir)?
+            };
+            let config = match bare {
+                Some(c) => c,
+                None => ModelConfig::read(dir)?,
+            };
             let weights = match &config.weights {
                 Some(file) => WeightsFrom::File(dir.join(file)),
                 None => WeightsFrom::None,

@@ -126,6 +126,23 @@ def test_rewritten_operators_match_onnxruntime(tmp_path, kind):
         server.stop()
 
 
+def test_an_onnx_file_without_a_config_is_described_by_its_graph(tmp_path):
+    model, _ = small_graph("batchnorm")
+    (tmp_path / "bare").mkdir()
+    onnx.save(model, tmp_path / "bare" / "model.onnx")
+    server = Siesta("--storage-uri", str(tmp_path / "bare"), "--model-name", "bare")
+    try:
+        wait_ready(server)
+        with urllib.request.urlopen(f"http://{server.http}/v2/models/bare", timeout=10) as r:
+            meta = json.loads(r.read())
+        assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["shape"] == [-1, 9, 11, 4]
+        x = RNG.normal(size=(2, 9, 11, 4)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert_close(infer_binary(server, "bare", "x", x, "y"), want)
+    finally:
+        server.stop()
+
+
 def test_an_unsupported_operator_is_a_load_error_naming_it(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])

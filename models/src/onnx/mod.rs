@@ -3,7 +3,9 @@
 //! operators those exports use run, and checked against the config's inputs and outputs.
 //! candle-onnx evaluates on the CPU.
 
+mod derive;
 mod rewrite;
+pub mod saved_model;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,29 @@ impl OnnxModel {
             }
         }
         Ok(OnnxModel { config, proto })
+    }
+
+    /// A directory with no `config.json`: an ONNX file (`model.onnx`) described by its own
+    /// graph, or a TensorFlow SavedModel converted to one.
+    pub fn config_for_bare_dir(dir: &Path) -> Result<Option<ModelConfig>, ModelError> {
+        let file = if saved_model::is_saved_model(dir) {
+            let python = std::env::var("SIESTA_PYTHON").unwrap_or_else(|_| "python3".into());
+            saved_model::onnx_for(dir, &python)?
+        } else if dir.join(saved_model::CONVERTED).is_file() {
+            dir.join(saved_model::CONVERTED)
+        } else {
+            return Ok(None);
+        };
+        let proto = candle_onnx::read_file(&file).map_err(|e| ModelError::File {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let name = dir
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        derive::config_from_graph(&name, &file, &proto)
+            .map(Some)
+            .map_err(|reason| ModelError::File { path: file, reason })
     }
 
     /// The model file a directory's config names.
