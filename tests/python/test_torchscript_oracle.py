@@ -188,3 +188,19 @@ def test_a_png_goes_through_the_transformer_to_the_torchscript_predictor(mnist_t
     finally:
         transformer.stop()
         predictor.stop()
+
+
+def test_candle_mnist_matches_pytorch():
+    """The candle engine's built-in MNIST CNN (the embedded default) against the same network and
+    weights in PyTorch."""
+    net = Net().eval()
+    net.load_state_dict(load_file(str(ROOT / "models" / "mnist" / "model.safetensors")))
+    server = Siesta()  # no --storage-uri: the embedded model, run by candle
+    try:
+        wait_ready(server)
+        x = RNG.uniform(0, 1, size=(6, 1, 28, 28)).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert_close(infer(server, "mnist", "input", x, ["probabilities"])["probabilities"], want)
+    finally:
+        server.stop()
