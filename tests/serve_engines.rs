@@ -4,6 +4,10 @@
 use std::process::Command;
 
 fn serve_fails_with(dir: &std::path::Path, want: &[&str]) {
+    serve_fails_with_env(dir, &[], want);
+}
+
+fn serve_fails_with_env(dir: &std::path::Path, env: &[(&str, &str)], want: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
         .args([
             "serve",
@@ -15,6 +19,7 @@ fn serve_fails_with(dir: &std::path::Path, want: &[&str]) {
         ])
         .args(["--device", "cpu", "--storage-uri", dir.to_str().unwrap()])
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -62,35 +67,16 @@ fn a_tensorflow_saved_model_without_tf2onnx_says_how_to_convert_it() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("saved_model.pb"), b"\x08\x01").unwrap();
     std::fs::create_dir(dir.path().join("variables")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_siesta"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--no-grpc",
-        ])
-        .args([
-            "--device",
-            "cpu",
-            "--storage-uri",
-            dir.path().to_str().unwrap(),
-        ])
-        // A Python without tf2onnx (the interpreter is given; none is installed with it here).
-        .env("SIESTA_PYTHON", "/bin/false")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "TensorFlow SavedModel",
-        "tf2onnx.convert --saved-model",
-        "saved_model.pb",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in: {err}");
-    }
+    // A Python without tf2onnx (the interpreter is given; none is installed with it here).
+    serve_fails_with_env(
+        dir.path(),
+        &[("SIESTA_PYTHON", "/bin/false")],
+        &[
+            "TensorFlow SavedModel",
+            "tf2onnx.convert --saved-model",
+            "saved_model.pb",
+        ],
+    );
     assert!(
         !dir.path().join("model.onnx").exists(),
         "nothing half-written"

@@ -478,20 +478,22 @@ async fn components(up: &Up) -> std::collections::HashMap<String, Value> {
         .collect()
 }
 
-/// A held-out digit as a PNG in the V1 image request that KServe's image transformer takes.
-fn digit_png_body(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
-    use base64::Engine;
+/// The first held-out digit as a 28x28 image in [0, 1], and its label.
+fn held_out_digit() -> (Vec<f32>, u8) {
     let digits = siesta_models::digits::load_digits().unwrap();
-    let (i, d) = digits
+    let (_, d) = digits
         .iter()
         .enumerate()
         .find(|(i, _)| siesta_models::digits::is_held_out(*i))
         .unwrap();
-    let _ = i;
-    let px: Vec<u8> = siesta_models::mnist::digit_to_mnist(&d.pixels)
-        .iter()
-        .map(|v| (v * 255.0).round() as u8)
-        .collect();
+    (siesta_models::mnist::digit_to_mnist(&d.pixels), d.label)
+}
+
+/// A held-out digit as a PNG in the V1 image request that KServe's image transformer takes.
+fn digit_png_body(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    use base64::Engine;
+    let (img, label) = held_out_digit();
+    let px: Vec<u8> = img.iter().map(|v| (v * 255.0).round() as u8).collect();
     let img = image::GrayImage::from_raw(28, 28, px).unwrap();
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png).unwrap();
@@ -499,7 +501,7 @@ fn digit_png_body(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
     let body = serde_json::json!({"instances": [{"image_bytes": {"b64": b64}, "key": "1"}]});
     let path = dir.join("image.json");
     std::fs::write(&path, body.to_string()).unwrap();
-    (path, d.label as u64)
+    (path, u64::from(label))
 }
 
 #[tokio::test]
@@ -637,14 +639,7 @@ spec:
         pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(up.gateway.clone())
             .await
             .unwrap();
-    let digits = siesta_models::digits::load_digits().unwrap();
-    let (i, d) = digits
-        .iter()
-        .enumerate()
-        .find(|(i, _)| siesta_models::digits::is_held_out(*i))
-        .unwrap();
-    let _ = i;
-    let img = siesta_models::mnist::digit_to_mnist(&d.pixels);
+    let (img, label) = held_out_digit();
     let req = pb::ModelInferRequest {
         model_name: "digits".into(),
         inputs: vec![pb::model_infer_request::InferInputTensor {
@@ -671,7 +666,7 @@ spec:
     let resp = resp.into_inner();
     let class_at = resp.outputs.iter().position(|o| o.name == "class").unwrap();
     let class = i64::from_le_bytes(resp.raw_output_contents[class_at][..8].try_into().unwrap());
-    assert_eq!(class, i64::from(d.label));
+    assert_eq!(class, i64::from(label));
     for _ in 0..20 {
         client.model_infer(req.clone()).await.unwrap();
     }

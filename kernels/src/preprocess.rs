@@ -145,6 +145,32 @@ impl ImageTransform {
         ))
     }
 
+    /// Calls `write(index, channel, value)` for every output value, `value` being the resized
+    /// and cropped pixel (0..=255); `index` follows `layout`.
+    fn for_each_output(
+        &self,
+        img: &ImageU8,
+        layout: Layout,
+        out_len: usize,
+        mut write: impl FnMut(usize, usize, f32),
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = self.taps(img)?;
+        check_output(out_len, self.output_len())?;
+        let (h, w, c) = (rows.len(), cols.len(), self.mean.len());
+        for (y, ry) in rows.iter().enumerate() {
+            for (x, cx) in cols.iter().enumerate() {
+                for ch in 0..c {
+                    let i = match layout {
+                        Layout::Nchw => (ch * h + y) * w + x,
+                        Layout::Nhwc => (y * w + x) * c + ch,
+                    };
+                    write(i, ch, bilinear(img, ry, cx, ch));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Normalised f32 output for one image; `out` holds exactly [`Self::output_len`] values.
     pub fn apply_f32(
         &self,
@@ -152,8 +178,6 @@ impl ImageTransform {
         layout: Layout,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (rows, cols) = self.taps(img)?;
-        check_output(out.len(), self.output_len())?;
         // (v / 255 - mean) / std as one multiply-add per value.
         let scale: Vec<f32> = self.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
         let bias: Vec<f32> = self
@@ -162,20 +186,10 @@ impl ImageTransform {
             .zip(&self.std)
             .map(|(m, s)| -m / s)
             .collect();
-        let (h, w, c) = (rows.len(), cols.len(), self.mean.len());
-        for (y, ry) in rows.iter().enumerate() {
-            for (x, cx) in cols.iter().enumerate() {
-                for ch in 0..c {
-                    let v = bilinear(img, ry, cx, ch);
-                    let i = match layout {
-                        Layout::Nchw => (ch * h + y) * w + x,
-                        Layout::Nhwc => (y * w + x) * c + ch,
-                    };
-                    out[i] = v * scale[ch] + bias[ch];
-                }
-            }
-        }
-        Ok(())
+        let len = out.len();
+        self.for_each_output(img, layout, len, |i, ch, v| {
+            out[i] = v * scale[ch] + bias[ch]
+        })
     }
 
     /// Resized and cropped uint8 output (no normalisation), for models that take raw pixels and
@@ -186,22 +200,10 @@ impl ImageTransform {
         layout: Layout,
         out: &mut [u8],
     ) -> Result<(), KernelError> {
-        let (rows, cols) = self.taps(img)?;
-        check_output(out.len(), self.output_len())?;
-        let (h, w, c) = (rows.len(), cols.len(), self.mean.len());
-        for (y, ry) in rows.iter().enumerate() {
-            for (x, cx) in cols.iter().enumerate() {
-                for ch in 0..c {
-                    let v = bilinear(img, ry, cx, ch);
-                    let i = match layout {
-                        Layout::Nchw => (ch * h + y) * w + x,
-                        Layout::Nhwc => (y * w + x) * c + ch,
-                    };
-                    out[i] = v.round().clamp(0.0, 255.0) as u8;
-                }
-            }
-        }
-        Ok(())
+        let len = out.len();
+        self.for_each_output(img, layout, len, |i, _, v| {
+            out[i] = v.round().clamp(0.0, 255.0) as u8
+        })
     }
 }
 

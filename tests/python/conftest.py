@@ -32,6 +32,20 @@ class Siesta:
         self.http = fields["http"]
         self.grpc = fields["grpc"]
 
+    def wait_ready(self):
+        """Until /v2/health/ready answers 200; fails at once if the process exits first."""
+        for _ in range(1200):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"siesta exited with {self.proc.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("siesta never became ready")
+
     def stop(self):
         if self.proc.poll() is not None:
             return
@@ -42,15 +56,7 @@ class Siesta:
 
 @pytest.fixture
 def siesta():
-    server = Siesta()
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(f"http://{server.http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.05)
+    server = Siesta().wait_ready()
     yield server
     server.stop()
 
@@ -66,3 +72,14 @@ def held_out_digits():
 def mnist_body(images):
     batch = np.stack(images).reshape(len(images), 1, 28, 28)
     return json.dumps({"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32", "data": batch.flatten().tolist()}]})
+
+
+REL_TOL = 1e-4
+
+
+def assert_close(got, want):
+    """fp32 relative error: the largest difference relative to the largest reference value (per
+    element it would be dominated by values near zero, where two correct fp32 orders of
+    summation already differ by more)."""
+    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert err <= REL_TOL, f"relative error {err:.3g}"

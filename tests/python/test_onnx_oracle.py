@@ -8,10 +8,8 @@ covers the whole graph, and goes through the image transformer with a JPEG too."
 import base64
 import io
 import json
-import pathlib
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -20,24 +18,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, SIESTA_BIN, Siesta
+from conftest import ROOT, SIESTA_BIN, Siesta, assert_close
 
-REL_TOL = 1e-4
 RNG = np.random.default_rng()  # fresh inputs every run
-
-
-def wait_ready(server):
-    for _ in range(1200):
-        if server.proc.poll() is not None:
-            raise AssertionError(f"siesta exited with {server.proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://{server.http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("siesta never became ready")
 
 
 def infer_binary(server, model, name, x, output):
@@ -55,14 +38,6 @@ def infer_binary(server, model, name, x, output):
     meta = json.loads(body[:n])
     out = meta["outputs"][0]
     return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
-
-
-def assert_close(got, want):
-    """fp32 relative error: the largest difference relative to the largest reference value (per
-    element it would be dominated by values near zero, where two correct fp32 orders of
-    summation already differ by more)."""
-    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
-    assert err <= REL_TOL, f"relative error {err:.3g}"
 
 
 def write_model(dir, model, config):
@@ -116,7 +91,7 @@ def test_rewritten_operators_match_onnxruntime(tmp_path, kind):
     write_model(tmp_path / kind, model, config)
     server = Siesta("--storage-uri", str(tmp_path / kind), "--model-name", kind)
     try:
-        wait_ready(server)
+        server.wait_ready()
         x = RNG.normal(size=(3, 9, 11, 4)).astype(np.float32)
         want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         got = infer_binary(server, kind, "x", x, "y")
@@ -132,7 +107,7 @@ def test_an_onnx_file_without_a_config_is_described_by_its_graph(tmp_path):
     onnx.save(model, tmp_path / "bare" / "model.onnx")
     server = Siesta("--storage-uri", str(tmp_path / "bare"), "--model-name", "bare")
     try:
-        wait_ready(server)
+        server.wait_ready()
         with urllib.request.urlopen(f"http://{server.http}/v2/models/bare", timeout=10) as r:
             meta = json.loads(r.read())
         assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["shape"] == [-1, 9, 11, 4]
@@ -170,7 +145,7 @@ def flowers(tmp_path_factory):
 def test_flowers_stand_in_matches_onnxruntime(flowers):
     server = Siesta("--storage-uri", str(flowers), "--model-name", "flowers")
     try:
-        wait_ready(server)
+        server.wait_ready()
         # Blocky random pictures: i.i.d. pixel noise looks the same to every image model after
         # global pooling, and would hide errors in the early layers.
         small = RNG.uniform(-1, 1, size=(2, 6, 6, 3)).astype(np.float32)
@@ -191,8 +166,8 @@ def test_a_jpeg_goes_through_the_transformer_to_flowers(flowers):
     transformer = Siesta("--transformer", "image", "--model-name", "flowers", "--predictor-url",
                          f"http://{predictor.http}")
     try:
-        wait_ready(predictor)
-        wait_ready(transformer)
+        predictor.wait_ready()
+        transformer.wait_ready()
         img = Image.fromarray(RNG.integers(0, 256, size=(400, 500, 3), dtype=np.uint8))
         buf = io.BytesIO()
         img.save(buf, format="JPEG")

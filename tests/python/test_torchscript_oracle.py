@@ -8,9 +8,7 @@ tuple (scripted), and the shipped MNIST CNN as TorchScript with its real weights
 import base64
 import io
 import json
-import pathlib
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -19,27 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import ROOT, Siesta, held_out_digits
+from conftest import ROOT, Siesta, assert_close, held_out_digits
 
 sys.path.insert(0, str(ROOT / "benches" / "kserve_peer"))
 from net import Net  # noqa: E402  the shipped MNIST CNN in PyTorch
 
-REL_TOL = 1e-4
 RNG = np.random.default_rng()  # fresh inputs every run
-
-
-def wait_ready(server):
-    for _ in range(1200):
-        if server.proc.poll() is not None:
-            raise AssertionError(f"siesta exited with {server.proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://{server.http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("siesta never became ready")
 
 
 def infer(server, model, name, x, outputs):
@@ -51,11 +34,6 @@ def infer(server, model, name, x, outputs):
     with urllib.request.urlopen(req, timeout=120) as r:
         resp = json.loads(r.read())
     return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in resp["outputs"]}
-
-
-def assert_close(got, want):
-    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
-    assert err <= REL_TOL, f"relative error {err:.3g}"
 
 
 def save(dir, module, config):
@@ -90,7 +68,7 @@ class WithClass(torch.nn.Module):
 
 def serving(dir, name, *extra):
     server = Siesta("--storage-uri", str(dir), "--model-name", name, *extra)
-    wait_ready(server)
+    server.wait_ready()
     return server
 
 
@@ -176,7 +154,7 @@ def test_a_png_goes_through_the_transformer_to_the_torchscript_predictor(mnist_t
     transformer = Siesta("--transformer", "image", "--model-name", "mnist", "--predictor-url",
                          f"http://{predictor.http}")
     try:
-        wait_ready(transformer)
+        transformer.wait_ready()
         img, label = held_out_digits()[3]
         buf = io.BytesIO()
         Image.fromarray((img * 255).round().astype(np.uint8)).save(buf, format="PNG")
@@ -197,7 +175,7 @@ def test_candle_mnist_matches_pytorch():
     net.load_state_dict(load_file(str(ROOT / "models" / "mnist" / "model.safetensors")))
     server = Siesta()  # no --storage-uri: the embedded model, run by candle
     try:
-        wait_ready(server)
+        server.wait_ready()
         x = RNG.uniform(0, 1, size=(6, 1, 28, 28)).astype(np.float32)
         with torch.no_grad():
             want = net(torch.from_numpy(x)).numpy()
