@@ -6,7 +6,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, held_out_digits, mnist_v2_body};
+use common::{
+    Server, grey_image_b64 as encode, held_out_digits, mnist_v2_body, to_pixels as pixels,
+};
 use serde_json::{Value, json};
 
 fn start_pair() -> (Server, Server) {
@@ -22,21 +24,6 @@ fn start_pair() -> (Server, Server) {
         "3",
     ]);
     (predictor, transformer)
-}
-
-/// The digit as an 8-bit grey picture (what a client would photograph and send).
-fn pixels(image: &[f32]) -> Vec<u8> {
-    image
-        .iter()
-        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
-        .collect()
-}
-
-fn encode(px: &[u8], side: u32, format: image::ImageFormat) -> String {
-    let img = image::GrayImage::from_raw(side, side, px.to_vec()).unwrap();
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, format).unwrap();
-    STANDARD.encode(out.into_inner())
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! `siesta up` end to end on loopback: real replica processes, the real gateway, the real `hey`.
 //! Windows are shortened (stable 6 s, grace 1 s, tick 200 ms) so the scenarios fit in seconds.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -480,24 +482,13 @@ async fn components(up: &Up) -> std::collections::HashMap<String, Value> {
 
 /// The first held-out digit as a 28x28 image in [0, 1], and its label.
 fn held_out_digit() -> (Vec<f32>, u8) {
-    let digits = siesta_models::digits::load_digits().unwrap();
-    let (_, d) = digits
-        .iter()
-        .enumerate()
-        .find(|(i, _)| siesta_models::digits::is_held_out(*i))
-        .unwrap();
-    (siesta_models::mnist::digit_to_mnist(&d.pixels), d.label)
+    common::held_out_digits().swap_remove(0)
 }
 
 /// A held-out digit as a PNG in the V1 image request that KServe's image transformer takes.
 fn digit_png_body(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
-    use base64::Engine;
     let (img, label) = held_out_digit();
-    let px: Vec<u8> = img.iter().map(|v| (v * 255.0).round() as u8).collect();
-    let img = image::GrayImage::from_raw(28, 28, px).unwrap();
-    let mut png = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    let b64 = common::grey_image_b64(&common::to_pixels(&img), 28, image::ImageFormat::Png);
     let body = serde_json::json!({"instances": [{"image_bytes": {"b64": b64}, "key": "1"}]});
     let path = dir.join("image.json");
     std::fs::write(&path, body.to_string()).unwrap();
@@ -601,12 +592,8 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
     ] {
         let prefix =
             format!("siesta_gateway_requests_total{{component=\"{component}\",status=\"200\"}}");
-        let n = metrics
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in metrics"));
+        let n =
+            common::metric(&metrics, &prefix).unwrap_or_else(|| panic!("no {prefix} in metrics"));
         assert!(n as usize >= codes.len(), "{component}: {n}");
     }
     up.stop();

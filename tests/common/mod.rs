@@ -167,3 +167,20 @@ pub fn held_out_digits() -> Vec<(Vec<f32>, u8)> {
         .map(|(_, d)| (siesta_models::mnist::digit_to_mnist(&d.pixels), d.label))
         .collect()
 }
+
+/// A square 8-bit grey picture, encoded (PNG, JPEG) and base64'd as image requests carry it.
+pub fn grey_image_b64(px: &[u8], side: u32, format: image::ImageFormat) -> String {
+    use base64::Engine;
+    let img = image::GrayImage::from_raw(side, side, px.to_vec()).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+}
+
+/// A 28x28 image in [0, 1] as 8-bit pixels.
+pub fn to_pixels(image: &[f32]) -> Vec<u8> {
+    image
+        .iter()
+        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect()
+}

@@ -1,7 +1,7 @@
 //! gRPC (h2c) through the gateway: KServe's V2 `GRPCInferenceService` to the replicas' gRPC
 //! ports. A call is routed by `:authority`/`Host` like REST, or else by the model name in its
 //! request message (field 1 of every V2 request that names a model). Errors are gRPC statuses
-//! (trailers-only responses), never HTTP error pages a gRPC client cannot read. The response
+//! (`GatewayError::into_grpc_response`), never HTTP error pages a gRPC client cannot read. The response
 //! streams back with its trailers, and the replica slot is held until the last frame.
 
 use std::pin::Pin;
@@ -10,61 +10,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
-use super::pool::{AcquireError, DemandGuard, Lease, Pool};
+use super::error::GatewayError;
+use super::pool::{DemandGuard, Lease, Pool};
 use super::{ATTEMPTS, Gateway, MAX_BODY};
-
-/// gRPC status codes the gateway answers with.
-#[derive(Debug, Clone, Copy)]
-#[repr(u8)]
-pub enum Code {
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    Internal = 13,
-    Unavailable = 14,
-}
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// A trailers-only gRPC error: HTTP 200 with `grpc-status` and `grpc-message` in the headers.
-pub fn error(code: Code, message: &str) -> Response {
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from(code as u16));
-    h.insert(
-        "grpc-message",
-        HeaderValue::from_str(&percent_encode(message)).expect("percent-encoded is ascii"),
-    );
-    resp
-}
-
-/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, every other byte as %XX.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The model name of a V2 request message: field 1 (a string) of the first length-prefixed
@@ -142,23 +102,31 @@ impl hyper::body::Body for LeasedBody {
 
 /// Forwards one gRPC call to a replica of the routed component.
 pub async fn forward(gw: &Gateway, parts: axum::http::request::Parts, body: Body) -> Response {
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(Code::InvalidArgument, &format!("request body: {e}")),
-    };
-    let routed = gw
+    route_and_call(gw, parts, body)
+        .await
+        .unwrap_or_else(GatewayError::into_grpc_response)
+}
+
+async fn route_and_call(
+    gw: &Gateway,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let body = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| GatewayError::Body(e.to_string()))?
+        .to_bytes();
+    let (pool, timeout) = gw
         .route(&parts.uri, &parts.headers)
-        .or_else(|| gw.route_model(model_name(&body)?));
-    let Some((pool, timeout)) = routed else {
-        return error(
-            Code::NotFound,
-            &format!(
-                "no InferenceService serves {} (model {:?})",
+        .or_else(|| gw.route_model(model_name(&body)?))
+        .ok_or_else(|| {
+            GatewayError::NoRoute(format!(
+                "{} (model {:?})",
                 parts.uri.path(),
                 model_name(&body).unwrap_or("?")
-            ),
-        );
-    };
+            ))
+        })?;
     call(gw, &pool, timeout, parts, body).await
 }
 
@@ -168,25 +136,16 @@ async fn call(
     timeout: Duration,
     parts: axum::http::request::Parts,
     body: Bytes,
-) -> Response {
+) -> Result<Response, GatewayError> {
     let demand = pool.arrive();
     let arrived = Instant::now();
     let deadline = arrived + timeout;
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
-        let lease = match pool.acquire(deadline, &tried).await {
-            Ok(l) => l,
-            Err(e @ AcquireError::Timeout { .. }) => {
-                return error(Code::DeadlineExceeded, &e.to_string());
-            }
-            Err(e) => return error(Code::Unavailable, &e.to_string()),
-        };
-        let Some(addr) = lease.grpc else {
-            return error(
-                Code::Unavailable,
-                &format!("{} does not serve gRPC", pool.name),
-            );
-        };
+        let lease = pool.acquire(deadline, &tried).await?;
+        let addr = lease
+            .grpc
+            .ok_or_else(|| GatewayError::NoGrpc(pool.name.clone()))?;
         let mut upstream = hyper::Request::builder()
             .method(parts.method.clone())
             .uri(format!(
@@ -202,21 +161,16 @@ async fn call(
             .body(Full::new(body.clone()))
             .expect("valid request parts");
         match tokio::time::timeout_at(deadline, gw.h2.request(upstream)).await {
-            Err(_) => {
-                return error(
-                    Code::DeadlineExceeded,
-                    &format!("no response within {} s", timeout.as_secs()),
-                );
-            }
+            Err(_) => return Err(GatewayError::Timeout(timeout.as_secs())),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(component = %pool.key, replica = %lease.replica, error = %e, "gRPC connect failed; retrying");
                 tried.push(lease.replica.clone());
             }
             Ok(Err(e)) => {
-                return error(
-                    Code::Unavailable,
-                    &format!("replica {} failed: {e}", lease.replica),
-                );
+                return Err(GatewayError::Upstream {
+                    replica: lease.replica.clone(),
+                    reason: e.to_string(),
+                });
             }
             Ok(Ok(resp)) => {
                 metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => "grpc").increment(1);
@@ -227,20 +181,20 @@ async fn call(
                     "x-siesta-held-ms",
                     HeaderValue::from_str(&held).expect("ascii"),
                 );
-                return Response::from_parts(
+                return Ok(Response::from_parts(
                     head,
                     Body::new(LeasedBody {
                         inner,
                         held: Some((lease, demand)),
                     }),
-                );
+                ));
             }
         }
     }
-    error(
-        Code::Unavailable,
-        &format!("connection refused by {}", tried.join(", ")),
-    )
+    Err(GatewayError::Upstream {
+        replica: tried.join(", "),
+        reason: "connection refused on every attempt".into(),
+    })
 }
 
 #[cfg(test)]
@@ -274,10 +228,5 @@ mod tests {
         assert_eq!(model_name(&frame(&[])), None);
         assert_eq!(model_name(&[1, 0, 0, 0, 0]), None);
         assert_eq!(model_name(&frame(&[0x0a, 9, b'a'])), None);
-    }
-
-    #[test]
-    fn messages_are_percent_encoded() {
-        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
     }
 }

@@ -3,6 +3,7 @@
 //! component, holds requests while a component has no ready replica, enforces
 //! `containerConcurrency`, and retries on another replica only requests that never reached one.
 
+mod error;
 pub mod grpc;
 pub mod pool;
 pub mod stats;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -22,7 +23,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use self::pool::{AcquireError, Pool};
+use self::error::GatewayError;
+use self::pool::Pool;
 
 const MAX_BODY: usize = 64 << 20;
 /// The live page: polls `/siesta/status` each second and plots replicas and demand per component.
@@ -51,42 +53,6 @@ pub struct Gateway {
     metrics: MetricsRender,
     status: StatusRender,
     recorder: Option<trace::TraceRecorder>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum GatewayError {
-    #[error("no InferenceService serves {0}")]
-    NoRoute(String),
-    #[error("request body: {0}")]
-    Body(String),
-    #[error(transparent)]
-    Unavailable(#[from] AcquireError),
-    #[error("replica {replica} failed: {reason}")]
-    Upstream { replica: String, reason: String },
-    #[error("no response within the component's timeout of {0} s")]
-    Timeout(u64),
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            GatewayError::NoRoute(_) => StatusCode::NOT_FOUND,
-            GatewayError::Body(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        };
-        let mut resp = (
-            status,
-            axum::Json(serde_json::json!({"error": self.to_string()})),
-        )
-            .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
 }
 
 impl Gateway {
