@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh Debian machine with Rust: installs what the tests need
 # (protoc, hey, a Python venv with tritonclient, KServe's SDK and pytest, perf_analyzer), checks
 # formatting and lints, then runs the Rust tests and the Python client tests against the binary,
-# and last the TorchScript engine (`--features torch`, torch 2.11.0 in .venv-torch) against PyTorch.
+# and last the PyTorch oracles in .venv-torch (torch 2.11.0 + torchvision): the TorchScript engine
+# (`--features torch`) and the candle torchvision classifiers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -39,17 +40,17 @@ for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py tes
 done
 cd "$ROOT"
 
-echo "== TorchScript engine (--features torch) against PyTorch 2.11.0"
+echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
 # tch 0.24 pins libtorch 2.11.0, taken from PyPI's torch wheel (about 2.7 GB with its CUDA
 # libraries; there is no CPU-only wheel on PyPI).
 TORCH_VENV=${TORCH_VENV:-$ROOT/.venv-torch}
 [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
-"$TORCH_VENV/bin/python" -c "import torch, numpy, pytest, safetensors, PIL" 2>/dev/null ||
-  "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" numpy pytest safetensors pillow
+"$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL" 2>/dev/null ||
+  "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" "torchvision==0.26.0" numpy pytest safetensors pillow
 LIBTORCH=$("$TORCH_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))")
 export LIBTORCH
 cargo clippy --workspace --all-targets --features torch -- -D warnings
 cargo test --features torch --test serve_engines
 cargo build --features torch --bin siesta
-(cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py)
+(cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py)
 echo "== all tests passed"

@@ -61,7 +61,10 @@ pub struct ModelConfig {
     /// batches only what queued while the model was busy, so a lone request never waits.
     #[serde(default)]
     pub max_queue_delay_us: u64,
+    /// May be left out for the built-in image classifiers (`resnet50`, ...), which know theirs.
+    #[serde(default)]
     pub inputs: Vec<TensorSpec>,
+    #[serde(default)]
     pub outputs: Vec<TensorSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -98,7 +101,8 @@ impl ModelConfig {
             path: path.to_path_buf(),
             reason,
         };
-        if self.inputs.is_empty() || self.outputs.is_empty() {
+        let completed_at_load = crate::vision::is_vision(&self.architecture);
+        if !completed_at_load && (self.inputs.is_empty() || self.outputs.is_empty()) {
             return Err(bad("a model needs at least one input and one output".into()));
         }
         for spec in self.inputs.iter().chain(&self.outputs) {
@@ -110,7 +114,8 @@ impl ModelConfig {
             }
         }
         if let Some(img) = &self.image {
-            if !self.outputs.iter().any(|o| o.name == img.scores_output) {
+            let filled_in_later = completed_at_load && self.outputs.is_empty();
+            if !filled_in_later && !self.outputs.iter().any(|o| o.name == img.scores_output) {
                 return Err(bad(format!(
                     "image.scores_output '{}' is not one of the outputs",
                     img.scores_output

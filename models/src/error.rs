@@ -36,7 +36,9 @@ pub enum ModelError {
     Config { path: PathBuf, reason: String },
     #[error("model file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("unknown architecture '{0}' (known: mnist_cnn, identity, onnx, torchscript)")]
+    #[error(
+        "unknown architecture '{0}' (known: mnist_cnn, resnet18/34/50/101/152, mobilenet_v2, inception_v3, onnx, torchscript, identity)"
+    )]
     UnknownArchitecture(String),
     #[error("device '{0}' is not available: {1}")]
     Device(String, String),

@@ -7,15 +7,18 @@ pub mod digits;
 pub mod embedded;
 pub mod error;
 pub mod identity;
+pub mod labels;
 pub mod loader;
 pub mod mnist;
 pub mod model;
 pub mod onnx;
 pub mod resident;
+pub mod state_dict;
 pub mod storage;
 pub mod tensor;
 #[cfg(feature = "torch")]
 pub mod torchscript;
+pub mod vision;
 
 pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;

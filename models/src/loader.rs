@@ -15,6 +15,8 @@ use crate::mnist::{self, MnistCnn, MnistModel};
 use crate::model::Model;
 use crate::onnx::{self, OnnxModel};
 use crate::resident::ResidentWeights;
+use crate::vision::{self, VisionModel};
+use crate::{labels, state_dict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -46,18 +48,40 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             let bare = if dir.join(CONFIG_FILE).exists() {
                 None
             } else {
-                OnnxModel::config_for_bare_dir(dir)?
+                match OnnxModel::config_for_bare_dir(dir)? {
+                    Some(c) => Some(c),
+                    None => vision_config_for_bare_dir(dir)?,
+                }
             };
-            let config = match bare {
+            let mut config = match bare {
                 Some(c) => c,
                 None => ModelConfig::read(dir)?,
             };
+            if config.labels.is_empty() {
+                config.labels = labels::index_to_name(dir)?;
+            }
             let weights = match &config.weights {
                 Some(file) => WeightsFrom::File(dir.join(file)),
                 None => WeightsFrom::None,
             };
             (config, weights)
         }
+    };
+    // Built-in image classifiers learn their class count from the weights, so their config is
+    // completed before the server's flags apply.
+    let vision = match vision::Arch::parse(&config.architecture) {
+        Some(arch) => {
+            let host = weights.load()?;
+            let classes = arch.classes(&host, &weights.path())?;
+            vision::complete_config(
+                &mut config,
+                arch,
+                classes,
+                &weights.path().with_file_name(CONFIG_FILE),
+            )?;
+            Some((arch, classes, host))
+        }
+        None => None,
     };
     if let Some(name) = &opts.name {
         config.name.clone_from(name);
@@ -81,8 +105,15 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
         mnist::ARCHITECTURE => {
             let device = opts.device.resolve()?;
             let host = weights.load()?;
-            let resident = ResidentWeights::new(host, device, MnistCnn::new)?;
+            let resident = ResidentWeights::new(host, device, Box::new(MnistCnn::new))?;
             Ok(Box::new(MnistModel::new(config, resident)))
+        }
+        _ if vision.is_some() => {
+            let (arch, classes, host) = vision.expect("matched above");
+            let device = opts.device.resolve()?;
+            Ok(Box::new(VisionModel::new(
+                config, arch, classes, host, device,
+            )?))
         }
         identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
         TORCHSCRIPT => {
@@ -147,16 +178,54 @@ impl WeightsFrom {
                     path: PathBuf::from("<embedded>/model.safetensors"),
                     reason: e.to_string(),
                 }),
-            WeightsFrom::File(path) => {
-                candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::File {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })
-            }
+            WeightsFrom::File(path) => state_dict::load(path),
             WeightsFrom::None => Err(ModelError::Config {
                 path: PathBuf::from(CONFIG_FILE),
                 reason: "this architecture needs a `weights` file".into(),
             }),
         }
     }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            WeightsFrom::Buffer(_) => PathBuf::from("<embedded>/model.safetensors"),
+            WeightsFrom::File(p) => p.clone(),
+            WeightsFrom::None => PathBuf::from(CONFIG_FILE),
+        }
+    }
+}
+
+/// Weights files a directory without `config.json` may hold, most specific first.
+const BARE_WEIGHTS: [&str; 4] = ["model.safetensors", "model.pth", "model.pt", "model.bin"];
+
+/// A directory holding only a torchvision state dict: the architecture is recognised from its
+/// module names.
+fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<ModelConfig>, ModelError> {
+    let Some(file) = BARE_WEIGHTS
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    let weights = state_dict::load(&file)?;
+    let arch = vision::Arch::guess(weights.keys().map(String::as_str)).ok_or_else(|| {
+        ModelError::File {
+            path: file.clone(),
+            reason: format!(
+                "no config.json, and the state dict is not one Siesta recognises ({}); add a \
+                 config.json naming the architecture",
+                vision::ARCHITECTURES.join(", ")
+            ),
+        }
+    })?;
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    let config = serde_json::json!({
+        "name": name,
+        "architecture": arch.name(),
+        "weights": file.file_name().map(|f| f.to_string_lossy().into_owned()),
+    });
+    ModelConfig::from_json(config.to_string().as_bytes(), &dir.join(CONFIG_FILE)).map(Some)
 }

@@ -8,10 +8,13 @@ use candle_nn::VarBuilder;
 
 use crate::error::ModelError;
 
+/// Builds the network from weights already on the device.
+pub type Build<M> = Box<dyn Fn(VarBuilder<'_>) -> candle_core::Result<M> + Send>;
+
 pub struct ResidentWeights<M> {
     host: HashMap<String, CTensor>,
     device: Device,
-    build: fn(VarBuilder<'_>) -> candle_core::Result<M>,
+    build: Build<M>,
     built: Option<(M, u64)>,
 }
 
@@ -19,7 +22,7 @@ impl<M> ResidentWeights<M> {
     pub fn new(
         host: HashMap<String, CTensor>,
         device: Device,
-        build: fn(VarBuilder<'_>) -> candle_core::Result<M>,
+        build: Build<M>,
     ) -> Result<Self, ModelError> {
         let mut w = ResidentWeights {
             host,

@@ -1,0 +1,130 @@
+"""The candle engine's built-in torchvision classifiers (ResNet-18/50, MobileNetV2, Inception v3)
+against torchvision itself, on fresh random inputs each run, through the real `siesta serve`.
+Runs in the torch venv (torch==2.11.0 + torchvision, made by scripts/test.sh).
+
+The models are made here by models/vision/make_vision.py: real torchvision architectures with
+RANDOM seeded weights and randomised batch-norm statistics (trained weights cannot be downloaded
+here), saved the ways users save them: safetensors, `torch.save(state_dict)`, with a minimal
+config.json, with none at all, with DataParallel's `module.` prefix."""
+import base64
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SIESTA_BIN, Siesta, assert_close
+
+sys.path.insert(0, str(ROOT / "models" / "vision"))
+import make_vision  # noqa: E402
+
+RNG = np.random.default_rng()  # fresh inputs every run
+
+CASES = [
+    # arch, classes, how it is saved, batch
+    ("resnet18", 5, {"fmt": "pth", "labels": ["daisy", "dandelion", "roses", "sunflowers", "tulips"]}, 3),
+    ("resnet50", 1000, {"fmt": "safetensors", "bare": True}, 2),
+    ("mobilenet_v2", 10, {"fmt": "pth", "data_parallel": True}, 2),
+    ("inception_v3", 5, {"fmt": "safetensors"}, 2),
+]
+
+
+def infer(server, model, x):
+    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.flatten().tolist()}]}).encode()
+    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=body)
+    with urllib.request.urlopen(req, timeout=300) as r:
+        out = json.loads(r.read())["outputs"][0]
+    return out, np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def metadata(server, model):
+    with urllib.request.urlopen(f"http://{server.http}/v2/models/{model}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def make(tmp_path, arch, classes, fmt="safetensors", bare=False, labels=None, data_parallel=False):
+    net = make_vision.build(arch, classes, seed=hash(arch) % 1000)
+    saved = torch.nn.DataParallel(net) if data_parallel else net
+    dir = make_vision.write(saved, arch, tmp_path / arch, fmt=fmt, bare=bare, labels=labels)
+    return dir, net
+
+
+@pytest.mark.parametrize("arch,classes,saved,batch", CASES, ids=[c[0] for c in CASES])
+def test_candle_classifier_matches_torchvision(tmp_path, arch, classes, saved, batch):
+    dir, net = make(tmp_path, arch, classes, **saved)
+    server = Siesta("--storage-uri", str(dir), "--model-name", arch)
+    try:
+        server.wait_ready()
+        side = make_vision.side(arch)
+        meta = metadata(server, arch)
+        assert meta["inputs"][0]["shape"] == [-1, 3, side, side]
+        assert meta["outputs"][0]["shape"] == [-1, classes]
+        x = RNG.normal(size=(batch, 3, side, side)).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        out, got = infer(server, arch, x)
+        assert out["name"] == "logits" and got.shape == (batch, classes)
+        assert_close(got, want)
+        if saved.get("labels"):
+            assert meta["parameters"]["labels"] == saved["labels"]
+    finally:
+        server.stop()
+
+
+def test_images_go_through_the_transformer_to_a_candle_resnet(tmp_path):
+    """KServe's image-classifier path: base64 PNG and JPEG in, torchvision preprocessing (resize 256, crop
+    224, ImageNet normalisation) by the transformer, labels from index_to_name.json out; the
+    probabilities equal torchvision's on the same image. The image's shorter side is already 256,
+    so the resize is the identity and both sides see the very same 224x224 crop."""
+    from PIL import Image
+
+    labels = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    dir, net = make(tmp_path, "resnet18", 5, fmt="pth", labels=labels)
+    predictor = Siesta("--storage-uri", str(dir), "--model-name", "flowers18")
+    transformer = Siesta("--transformer", "image", "--model-name", "flowers18", "--predictor-url",
+                         f"http://{predictor.http}", "--top-k", "5")
+    try:
+        predictor.wait_ready()
+        transformer.wait_ready()
+        pixels = RNG.integers(0, 256, size=(256, 320, 3), dtype=np.uint8)
+        encoded = {}
+        for fmt in ("PNG", "JPEG"):
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format=fmt)
+            encoded[fmt] = base64.b64encode(buf.getvalue()).decode()
+        body = json.dumps({"instances": [{"image_bytes": {"b64": encoded[f]}, "key": f} for f in encoded]}).encode()
+        req = urllib.request.Request(f"http://{transformer.http}/v1/models/flowers18:predict", data=body)
+        with urllib.request.urlopen(req, timeout=120) as r:
+            pred, from_jpeg = json.loads(r.read())["predictions"]
+        assert pred["key"] == "PNG" and pred["label"] in labels
+        assert from_jpeg["key"] == "JPEG" and from_jpeg["label"] in labels and len(from_jpeg["scores"]) == 5
+        assert [t["label"] for t in pred["top_k"]][0] == pred["label"]
+
+        # torchvision's own preprocessing of the same image -> the same class.
+        from torchvision import transforms
+
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        with torch.no_grad():
+            probs = torch.softmax(net(tf(Image.fromarray(pixels)).unsqueeze(0)), 1)[0].numpy()
+        assert_close(np.array(pred["scores"], dtype=np.float32), probs)
+        assert pred["label"] == labels[int(probs.argmax())] and pred["prediction"] == int(probs.argmax())
+    finally:
+        transformer.stop()
+        predictor.stop()
+
+
+def test_weights_that_do_not_fit_the_architecture_are_a_load_error_naming_the_file(tmp_path):
+    dir, _ = make(tmp_path, "resnet18", 5)
+    (dir / "config.json").write_text(json.dumps({"name": "m", "architecture": "resnet50",
+                                                 "weights": "model.safetensors"}))
+    run = subprocess.run([SIESTA_BIN, "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+                          "--storage-uri", str(dir)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "model.safetensors" in run.stderr and "resnet50" in run.stderr, run.stderr[-2000:]
