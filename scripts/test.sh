@@ -45,12 +45,14 @@ echo "== TorchScript engine (--features torch) and candle classifiers against Py
 # libraries; there is no CPU-only wheel on PyPI).
 TORCH_VENV=${TORCH_VENV:-$ROOT/.venv-torch}
 [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
-"$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL" 2>/dev/null ||
-  "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" "torchvision==0.26.0" numpy pytest safetensors pillow
+"$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL, model_archiver" 2>/dev/null ||
+  "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" "torchvision==0.26.0" numpy pytest safetensors pillow \
+    "torch-model-archiver==0.12.0"
 LIBTORCH=$("$TORCH_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))")
 export LIBTORCH
 cargo clippy --workspace --all-targets --features torch -- -D warnings
 cargo test --features torch --test serve_engines
 cargo build --features torch --bin siesta
-(cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py)
+(cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py \
+  test_torchserve_archive.py)
 echo "== all tests passed"

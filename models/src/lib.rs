@@ -9,6 +9,7 @@ pub mod error;
 pub mod identity;
 pub mod labels;
 pub mod loader;
+pub mod mar;
 pub mod mnist;
 pub mod model;
 pub mod onnx;

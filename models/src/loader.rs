@@ -16,7 +16,7 @@ use crate::model::Model;
 use crate::onnx::{self, OnnxModel};
 use crate::resident::ResidentWeights;
 use crate::vision::{self, VisionModel};
-use crate::{labels, state_dict};
+use crate::{labels, mar, state_dict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -36,6 +36,17 @@ pub struct LoadOptions {
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
+    let unpacked;
+    let source = match source {
+        ModelSource::Dir(dir) => match mar::find_archive(dir, opts.name.as_deref())? {
+            Some(archive) => {
+                unpacked = ModelSource::Dir(mar::unpack(&archive)?);
+                &unpacked
+            }
+            None => source,
+        },
+        ModelSource::EmbeddedMnist => source,
+    };
     let (mut config, weights) = match source {
         ModelSource::EmbeddedMnist => {
             let config = ModelConfig::from_json(
