@@ -362,9 +362,12 @@ mod tests {
         assert!(err.contains("outside the archive"), "{err}");
         assert!(!dir.path().join("escape.pt").exists());
         // Nothing half-unpacked is left to be mistaken for a model.
-        for entry in fs::read_dir(dir.path().join(CACHE_DIR)).unwrap() {
-            panic!("left behind: {}", entry.unwrap().path().display());
-        }
+        let left: Vec<_> = fs::read_dir(dir.path().join(CACHE_DIR))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
