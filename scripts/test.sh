@@ -45,9 +45,9 @@ echo "== TorchScript engine (--features torch) and candle classifiers against Py
 # libraries; there is no CPU-only wheel on PyPI).
 TORCH_VENV=${TORCH_VENV:-$ROOT/.venv-torch}
 [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
-"$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL, model_archiver" 2>/dev/null ||
+"$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL, model_archiver, onnx" 2>/dev/null ||
   "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" "torchvision==0.26.0" numpy pytest safetensors pillow \
-    "torch-model-archiver==0.12.0"
+    "torch-model-archiver==0.12.0" "onnx==1.23.2"
 LIBTORCH=$("$TORCH_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))")
 export LIBTORCH
 cargo clippy --workspace --all-targets --features torch -- -D warnings

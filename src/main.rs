@@ -174,6 +174,12 @@ struct ServeArgs {
     /// Compute device: cpu, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    /// KServe's modelFormat.name (pytorch, tensorflow, onnx): checked against the model.
+    #[arg(long, env = "SIESTA_MODEL_FORMAT")]
+    model_format: Option<String>,
+    /// Force an engine: candle, torch, onnx (or KServe's kserve-torchserve, kserve-tensorflow-serving).
+    #[arg(long, env = "SIESTA_RUNTIME")]
+    runtime: Option<siesta_models::Engine>,
     /// Rows per batch (overrides the model config).
     #[arg(long)]
     max_batch_size: Option<usize>,
@@ -298,6 +304,8 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
             queue_limit: a.queue_limit.max(1),
             max_batch_size: a.max_batch_size,
             max_queue_delay_us: a.max_queue_delay.map(|d| d.as_micros() as u64),
+            model_format: a.model_format,
+            engine: a.runtime,
             storage: StorageOptions {
                 model_root: a.model_root,
                 cache_dir,

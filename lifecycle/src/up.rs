@@ -95,6 +95,10 @@ fn template(
             if let Some(uri) = &m.storage_uri {
                 args.extend(["--storage-uri".to_string(), uri.clone()]);
             }
+            args.extend(["--model-format".to_string(), m.format.clone()]);
+            if let Some(runtime) = &m.runtime {
+                args.extend(["--runtime".to_string(), runtime.clone()]);
+            }
             if c.container_concurrency > 0 {
                 // queue-proxy's admission (CC running + 10 x CC queued), for clients that reach the
                 // replica without the gateway.
@@ -388,6 +392,8 @@ mod tests {
                 "m",
                 "--storage-uri",
                 "siesta://mnist",
+                "--model-format",
+                "siesta",
                 "--queue-limit",
                 "22",
                 "--device",

@@ -5,6 +5,7 @@ pub mod config;
 pub mod device;
 pub mod digits;
 pub mod embedded;
+pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod labels;
@@ -23,6 +24,7 @@ pub mod vision;
 
 pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;
+pub use engine::Engine;
 pub use error::{ModelError, StorageError, TensorError};
 pub use loader::{LoadOptions, ModelSource, load_model};
 pub use model::Model;

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor as CTensor};
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::device::DeviceSpec;
 use crate::embedded;
+use crate::engine::{self, Engine};
 use crate::error::ModelError;
 use crate::identity::{self, IdentityModel};
 use crate::mnist::{self, MnistCnn, MnistModel};
@@ -33,6 +34,10 @@ pub struct LoadOptions {
     pub max_batch_size: Option<usize>,
     pub max_queue_delay_us: Option<u64>,
     pub device: DeviceSpec,
+    /// KServe's `modelFormat.name`, checked against what the directory holds.
+    pub model_format: Option<String>,
+    /// Forces an engine (the manifest's `runtime`).
+    pub engine: Option<Engine>,
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
@@ -80,7 +85,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     };
     // Built-in image classifiers learn their class count from the weights, so their config is
     // completed before the server's flags apply.
-    let vision = match vision::Arch::parse(&config.architecture) {
+    let mut vision = match vision::Arch::parse(&config.architecture) {
         Some(arch) => {
             let host = weights.load()?;
             let classes = arch.classes(&host, &weights.path())?;
@@ -94,6 +99,19 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
         }
         None => None,
     };
+    let dir = match source {
+        ModelSource::Dir(d) => d.as_path(),
+        ModelSource::EmbeddedMnist => Path::new("<embedded>"),
+    };
+    if let Some(format) = &opts.model_format {
+        engine::check_format(format, &config, dir)?;
+    }
+    if let Some(forced) = opts.engine {
+        engine::force(forced, &mut config, dir)?;
+        if forced != Engine::Candle {
+            vision = None;
+        }
+    }
     if let Some(name) = &opts.name {
         config.name.clone_from(name);
     }

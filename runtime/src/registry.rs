@@ -27,6 +27,10 @@ pub struct RegistryOptions {
     pub queue_limit: usize,
     pub max_batch_size: Option<usize>,
     pub max_queue_delay_us: Option<u64>,
+    /// KServe's `modelFormat.name` for the models this server loads.
+    pub model_format: Option<String>,
+    /// The manifest's `runtime`: forces an engine.
+    pub engine: Option<siesta_models::Engine>,
     pub storage: StorageOptions,
     /// A directory of model directories that `load` can find by name.
     pub repository: Option<PathBuf>,
@@ -245,6 +249,8 @@ fn load_and_warm_up(
         max_batch_size: opts.max_batch_size,
         max_queue_delay_us: opts.max_queue_delay_us,
         device: opts.device,
+        model_format: opts.model_format.clone(),
+        engine: opts.engine,
     };
     let started = std::time::Instant::now();
     let mut model = siesta_models::load_model(&source, &load_opts)?;

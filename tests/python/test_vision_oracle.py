@@ -128,3 +128,27 @@ def test_weights_that_do_not_fit_the_architecture_are_a_load_error_naming_the_fi
                           "--storage-uri", str(dir)], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "model.safetensors" in run.stderr and "resnet50" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
+def test_the_runtime_picks_the_engine_for_one_model_saved_three_ways(tmp_path, arch):
+    """One directory holding the state dict, its TorchScript trace and its ONNX export (with a
+    config naming the architecture); `--runtime candle|torch|onnx` (the manifest's `runtime`)
+    serves each, with the same input/output contract, all equal to PyTorch."""
+    net = make_vision.build(arch, 7, seed=11)
+    dir = make_vision.write(net, arch, tmp_path / arch, torchscript=True, onnx=True)
+    side = make_vision.side(arch)
+    x = RNG.normal(size=(2, 3, side, side)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    for runtime in ("candle", "torch", "onnx"):
+        server = Siesta("--storage-uri", str(dir), "--model-name", arch, "--runtime", runtime,
+                        "--model-format", "pytorch")
+        try:
+            server.wait_ready()
+            meta = metadata(server, arch)
+            assert meta["inputs"][0]["name"] == "input" and meta["outputs"][0]["name"] == "logits"
+            _, got = infer(server, arch, x)
+            assert_close(got, want)
+        finally:
+            server.stop()
