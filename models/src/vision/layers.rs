@@ -5,6 +5,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cpu_conv::CpuKernel;
+
 /// Kernel, stride and padding of one convolution; `(height, width)` where they may differ.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvShape {
@@ -57,11 +59,12 @@ impl ConvShape {
 
 /// Convolution with batch norm folded in: `y = conv(x, w * s) + (beta - mean * s)`,
 /// `s = gamma / sqrt(var + eps)`.
-#[derive(Debug, Clone)]
 pub struct ConvBn {
     weight: Tensor,
     bias: Tensor,
     shape: ConvShape,
+    /// The CPU path for ungrouped convolutions (see [`CpuKernel`]); candle's conv2d elsewhere.
+    cpu: Option<CpuKernel>,
 }
 
 impl ConvBn {
@@ -84,17 +87,27 @@ impl ConvBn {
         let weight = w
             .broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?
             .contiguous()?;
-        let bias = (beta - (mean * &scale)?)?.reshape((1, out, 1, 1))?;
+        let bias = (beta - (mean * &scale)?)?;
+        let cpu = if weight.device().is_cpu() && shape.groups == 1 {
+            Some(CpuKernel::new(&weight, &bias, &shape)?)
+        } else {
+            None
+        };
+        let bias = bias.reshape((1, out, 1, 1))?;
         Ok(ConvBn {
             weight,
             bias,
             shape,
+            cpu,
         })
     }
 }
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(cpu) = &self.cpu {
+            return cpu.forward(x, &self.shape);
+        }
         let (ph, pw) = self.shape.padding;
         let y = if ph == pw {
             x.conv2d(&self.weight, ph, self.shape.stride, 1, self.shape.groups)?

@@ -4,6 +4,7 @@
 //! the input, the output (one logit per class, the class count read from the weights) and the
 //! preprocessing come from torchvision's defaults for that architecture.
 
+mod cpu_conv;
 mod inception_v3;
 mod layers;
 mod mobilenet_v2;
