@@ -99,7 +99,7 @@ fn unfold(
             let plane = &img[ch * h * w..(ch + 1) * h * w];
             // Output columns whose input column x * stride + j - pw lies inside the image.
             let x_lo = (pw.saturating_sub(j)).div_ceil(stride);
-            let x_hi = ((w + pw).saturating_sub(j) + stride - 1) / stride;
+            let x_hi = (w + pw).saturating_sub(j).div_ceil(stride);
             let x_hi = x_hi.min(ow);
             if x_lo >= x_hi {
                 return;
