@@ -23,7 +23,11 @@ pub const ARCHITECTURE: &str = "onnx";
 
 pub struct OnnxModel {
     config: ModelConfig,
+    /// The graph without its initializers...
     proto: ModelProto,
+    /// ...which are converted to tensors once here and fed with every call: left in the graph,
+    /// candle-onnx converts each of them again on every evaluation (ResNet-50: 100 MB a call).
+    weights: HashMap<String, CTensor>,
 }
 
 impl OnnxModel {
@@ -84,7 +88,20 @@ impl OnnxModel {
                 )));
             }
         }
-        Ok(OnnxModel { config, proto })
+        let graph = proto.graph.as_mut().expect("checked above");
+        let weights = std::mem::take(&mut graph.initializer)
+            .iter()
+            .map(|t| {
+                let tensor = candle_onnx::eval::get_tensor(t, &t.name)
+                    .map_err(|e| file_err(format!("initializer '{}': {e}", t.name)))?;
+                Ok((t.name.clone(), tensor))
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(OnnxModel {
+            config,
+            proto,
+            weights,
+        })
     }
 
     /// A directory with no `config.json`: an ONNX file (`model.onnx`) described by its own
@@ -176,7 +193,7 @@ impl Model for OnnxModel {
     }
 
     fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
-        let mut feed = HashMap::new();
+        let mut feed = self.weights.clone();
         for (spec, t) in self.config.inputs.iter().zip(inputs) {
             feed.insert(spec.name.clone(), to_candle(t)?);
         }

@@ -47,10 +47,16 @@ impl CpuKernel {
         let (ph, pw) = s.padding;
         let oh = (h + 2 * ph - kh) / s.stride + 1;
         let ow = (w + 2 * pw - kw) / s.stride + 1;
+        let o = s.out_channels;
         if let Some(bias) = &self.bias {
-            let cols = x.reshape((n, c, h * w))?;
-            let y = self.matrix.broadcast_matmul(&cols)?.broadcast_add(bias)?;
-            return y.reshape((n, s.out_channels, oh, ow));
+            // [C, N*HW]: the images side by side, so the batch is one wide product.
+            let cols = x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?;
+            let y = self
+                .matrix
+                .matmul(&cols.reshape((c, n * h * w))?)?
+                .reshape((o, n, h * w))?
+                .broadcast_add(&bias.reshape((o, 1, 1))?)?;
+            return to_nchw(y, n, o, oh, ow);
         }
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
@@ -60,28 +66,31 @@ impl CpuKernel {
         let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
         let rows = c * kh * kw + 1;
         let pixels = oh * ow;
-        let mut cols = vec![0f32; n * rows * pixels];
-        for (img, out) in data
-            .chunks_exact(c * h * w)
-            .zip(cols.chunks_exact_mut(rows * pixels))
-        {
-            unfold(img, out, (c, h, w), s, (oh, ow));
-        }
+        let mut cols = vec![0f32; rows * n * pixels];
+        unfold(data, &mut cols, (n, c, h, w), s, (oh, ow));
         drop(storage);
-        let cols = Tensor::from_vec(cols, (n, rows, pixels), x.device())?;
-        self.matrix
-            .broadcast_matmul(&cols)?
-            .reshape((n, s.out_channels, oh, ow))
+        let cols = Tensor::from_vec(cols, (rows, n * pixels), x.device())?;
+        let y = self.matrix.matmul(&cols)?.reshape((o, n, pixels))?;
+        to_nchw(y, n, o, oh, ow)
     }
 }
 
-/// One image `[C, H, W]` into `[C*kh*kw + 1, OH*OW]`: row `(c, i, j)` holds, for every output
-/// pixel, the input under kernel tap `(i, j)` of channel `c` (0 in the padding); the last row
-/// is ones, for the bias.
+/// `[O, N, pixels]` -> `[N, O, OH, OW]`; a free reshape for one image.
+fn to_nchw(y: Tensor, n: usize, o: usize, oh: usize, ow: usize) -> Result<Tensor> {
+    if n == 1 {
+        y.reshape((1, o, oh, ow))
+    } else {
+        y.transpose(0, 1)?.contiguous()?.reshape((n, o, oh, ow))
+    }
+}
+
+/// Images `[N, C, H, W]` into `[C*kh*kw + 1, N*OH*OW]`: row `(c, i, j)` holds, for every image
+/// and output pixel, the input under kernel tap `(i, j)` of channel `c` (0 in the padding); the
+/// last row is ones, for the bias.
 fn unfold(
-    img: &[f32],
+    images: &[f32],
     out: &mut [f32],
-    (c, h, w): (usize, usize, usize),
+    (n, c, h, w): (usize, usize, usize, usize),
     s: &ConvShape,
     (oh, ow): (usize, usize),
 ) {
@@ -89,11 +98,13 @@ fn unfold(
     let (ph, pw) = s.padding;
     let pixels = oh * ow;
     let stride = s.stride;
-    let (body, ones) = out.split_at_mut(c * kh * kw * pixels);
+    let (body, ones) = out.split_at_mut(c * kh * kw * n * pixels);
     ones.fill(1.0);
     body.par_chunks_exact_mut(pixels)
         .enumerate()
-        .for_each(|(row, dst)| {
+        .for_each(|(row_image, dst)| {
+            let (row, image) = (row_image / n, row_image % n);
+            let img = &images[image * c * h * w..(image + 1) * c * h * w];
             let (ch, tap) = (row / (kh * kw), row % (kh * kw));
             let (i, j) = (tap / kw, tap % kw);
             let plane = &img[ch * h * w..(ch + 1) * h * w];
