@@ -34,6 +34,10 @@ def build(arch, classes, seed):
     net = getattr(torchvision.models, arch)(**kwargs).eval()
     with torch.no_grad():
         for m in net.modules():
+            if arch == "inception_v3" and isinstance(m, torch.nn.Conv2d):
+                # torchvision's Inception init (truncated normal, std 0.1) makes random logits
+                # of ~1e15; He init keeps them near 1 like the other architectures'.
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
