@@ -40,6 +40,11 @@ for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py tes
 done
 cd "$ROOT"
 
+echo "== deploy/: kustomize renders, Kubernetes + CRD schemas, dashboard metrics; siesta crd/controller build"
+command -v kubectl >/dev/null || { echo "kubectl (with its built-in kustomize) is needed to render deploy/" >&2; exit 1; }
+cargo clippy --all-targets --features kubernetes -- -D warnings
+"$ROOT/.venv/bin/python" scripts/validate_deploy.py
+
 echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
 # tch 0.24 pins libtorch 2.11.0, taken from PyPI's torch wheel (about 2.7 GB with its CUDA
 # libraries; there is no CPU-only wheel on PyPI).

@@ -1,6 +1,8 @@
 //! The `siesta` binary.
 
 mod decide;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod simulate;
 mod status;
 mod up;
@@ -63,6 +65,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the InferenceService CustomResourceDefinition (YAML).
+    #[cfg(feature = "kubernetes")]
+    Crd(kubernetes::CrdArgs),
+    /// Reconcile InferenceServices into Deployments and Services (runs in the cluster).
+    #[cfg(feature = "kubernetes")]
+    Controller(Box<kubernetes::ControllerArgs>),
 }
 
 #[derive(Parser)]
@@ -370,6 +378,16 @@ fn main() -> Result<()> {
             decide::run(spec, initial_ready, stdin, stdout)
         }
         Command::Status { port, host, json } => status::print(SocketAddr::new(host, port), json),
+        #[cfg(feature = "kubernetes")]
+        Command::Crd(args) => kubernetes::print_crd(args),
+        #[cfg(feature = "kubernetes")]
+        Command::Controller(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(kubernetes::run_controller(*args))
+        }
         Command::Up(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

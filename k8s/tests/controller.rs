@@ -1,0 +1,233 @@
+//! The controller against a FAKE Kubernetes API server (tests/fake_api.rs says what it does and
+//! does not do): the five scenario manifests become the expected Deployments and Services, the
+//! replicas the autoscaler sets (0 -> N -> 0) show in the status, and removed components go.
+
+mod fake_api;
+
+use std::sync::Arc;
+
+use fake_api::FakeApi;
+use kube::core::DynamicObject;
+use serde_json::{Value, json};
+use siesta_k8s::controller::{Context, reconcile};
+use siesta_k8s::desired::Settings;
+
+const NS: &str = "models";
+
+fn isvc_path(group: &str, name: &str) -> String {
+    format!("/apis/{group}/v1beta1/namespaces/{NS}/inferenceservices/{name}")
+}
+
+fn deployment_path(name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+}
+
+fn service_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services/{name}")
+}
+
+/// A manifest as the API server would hand it to the controller.
+fn submitted(api: &FakeApi, yaml: &str, group: &str) -> DynamicObject {
+    let mut v: Value = serde_yaml::from_str(yaml).unwrap();
+    v["apiVersion"] = json!(format!("{group}/v1beta1"));
+    v["metadata"]["namespace"] = json!(NS);
+    v["metadata"]["uid"] = json!(format!("isvc-{}", v["metadata"]["name"].as_str().unwrap()));
+    v["metadata"]["generation"] = json!(1);
+    api.insert(
+        &isvc_path(group, v["metadata"]["name"].as_str().unwrap()),
+        v.clone(),
+    );
+    serde_json::from_value(v).unwrap()
+}
+
+fn ctx(api: &FakeApi, group: &str) -> Arc<Context> {
+    Arc::new(Context {
+        client: api.client(),
+        settings: Settings {
+            api_group: group.into(),
+            ..Settings::default()
+        },
+    })
+}
+
+const SCENARIOS: [(&str, &str, bool); 5] = [
+    (
+        "autoscale.yaml",
+        include_str!("../../deploy/examples/autoscale.yaml"),
+        false,
+    ),
+    (
+        "autoscale-qps.yaml",
+        include_str!("../../deploy/examples/autoscale-qps.yaml"),
+        false,
+    ),
+    (
+        "autoscale-custom.yaml",
+        include_str!("../../deploy/examples/autoscale-custom.yaml"),
+        false,
+    ),
+    (
+        "scale-down-to-zero.yaml",
+        include_str!("../../deploy/examples/scale-down-to-zero.yaml"),
+        false,
+    ),
+    (
+        "autoscale-adv.yaml",
+        include_str!("../../deploy/examples/autoscale-adv.yaml"),
+        true,
+    ),
+];
+
+#[tokio::test]
+async fn the_five_scenario_manifests_become_deployments_services_and_status() {
+    for group in [siesta_k8s::crd::SIESTA_GROUP, siesta_k8s::crd::KSERVE_GROUP] {
+        for (file, yaml, has_transformer) in SCENARIOS {
+            let api = FakeApi::default();
+            let obj = submitted(&api, yaml, group);
+            let name = obj.metadata.name.clone().unwrap();
+            reconcile(Arc::new(obj), ctx(&api, group))
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+
+            let predictor = api
+                .get(&deployment_path(&format!("{name}-predictor")))
+                .expect(file);
+            assert_eq!(
+                predictor["metadata"]["ownerReferences"][0]["apiVersion"],
+                format!("{group}/v1beta1")
+            );
+            assert_eq!(
+                predictor["metadata"]["ownerReferences"][0]["uid"],
+                format!("isvc-{name}")
+            );
+            let container = &predictor["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(
+                container["readinessProbe"]["httpGet"]["path"], "/v2/health/ready",
+                "{file}"
+            );
+            assert!(
+                api.get(&service_path(&format!("{name}-predictor")))
+                    .is_some(),
+                "{file}"
+            );
+            assert_eq!(
+                api.get(&deployment_path(&format!("{name}-transformer")))
+                    .is_some(),
+                has_transformer,
+                "{file}"
+            );
+            let status = &api.get(&isvc_path(group, &name)).unwrap()["status"];
+            assert_eq!(
+                status["url"],
+                format!("http://{name}.{NS}.example.com"),
+                "{file}"
+            );
+            assert_eq!(
+                status["components"]["predictor"]["replicas"], "0/1",
+                "{file}"
+            );
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(
+                status["conditions"][0]["status"], "False",
+                "{file}: no replica is ready yet"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_the_autoscaler_sets_show_in_status_from_zero_to_n_and_back() {
+    let api = FakeApi::default();
+    let group = siesta_k8s::crd::SIESTA_GROUP;
+    let yaml = include_str!("../../deploy/examples/scale-down-to-zero.yaml");
+    let obj = Arc::new(submitted(&api, yaml, group));
+    let name = obj.metadata.name.clone().unwrap();
+    let dep = deployment_path(&format!("{name}-predictor"));
+    let ctx = ctx(&api, group);
+    reconcile(obj.clone(), ctx.clone()).await.unwrap();
+
+    let mut seen = Vec::new();
+    // The autoscaler's decisions (through the scale subresource) and the kubelet's readiness.
+    for (replicas, ready) in [(0, 0), (3, 1), (3, 3), (0, 0)] {
+        api.edit(&dep, |d| {
+            d["spec"]["replicas"] = json!(replicas);
+            d["status"]["readyReplicas"] = json!(ready);
+        });
+        reconcile(obj.clone(), ctx.clone()).await.unwrap();
+        // The controller's apply never takes the count back.
+        assert_eq!(api.get(&dep).unwrap()["spec"]["replicas"], replicas);
+        let status = api.get(&isvc_path(group, &name)).unwrap()["status"].clone();
+        seen.push((
+            status["components"]["predictor"]["replicas"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            status["conditions"][0]["status"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ));
+    }
+    let want = [
+        ("0/0", "True"),
+        ("1/3", "True"),
+        ("3/3", "True"),
+        ("0/0", "True"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(
+        seen, want,
+        "scaled to zero counts as ready: the gateway holds requests"
+    );
+}
+
+#[tokio::test]
+async fn a_transformer_removed_from_the_spec_is_deleted_and_bad_specs_are_errors() {
+    let api = FakeApi::default();
+    let group = siesta_k8s::crd::SIESTA_GROUP;
+    let with = include_str!("../../deploy/examples/autoscale-adv.yaml");
+    let obj = submitted(&api, with, group);
+    let name = obj.metadata.name.clone().unwrap();
+    reconcile(Arc::new(obj.clone()), ctx(&api, group))
+        .await
+        .unwrap();
+    assert!(
+        api.get(&deployment_path(&format!("{name}-transformer")))
+            .is_some()
+    );
+
+    let mut without = obj.clone();
+    without.data["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("transformer");
+    reconcile(Arc::new(without), ctx(&api, group))
+        .await
+        .unwrap();
+    assert!(
+        api.get(&deployment_path(&format!("{name}-transformer")))
+            .is_none()
+    );
+    assert!(
+        api.get(&service_path(&format!("{name}-transformer")))
+            .is_none()
+    );
+    assert!(
+        api.get(&deployment_path(&format!("{name}-predictor")))
+            .is_some()
+    );
+
+    let mut broken = obj;
+    broken.data["spec"]["predictor"] = json!({"minReplicas": 0});
+    let err = reconcile(Arc::new(broken), ctx(&api, group))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&name) && err.contains("neither model nor containers"),
+        "{err}"
+    );
+}

@@ -1,0 +1,66 @@
+//! `siesta crd` and `siesta controller` (the `kubernetes` feature).
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use siesta_k8s::crd::{self, SIESTA_GROUP};
+use siesta_k8s::desired::Settings;
+
+#[derive(Parser)]
+pub struct CrdArgs {
+    /// API group: Siesta's, or serving.kserve.io for clusters without KServe.
+    #[arg(long, default_value = SIESTA_GROUP)]
+    group: String,
+}
+
+#[derive(Parser)]
+pub struct ControllerArgs {
+    /// The image the replicas run (`siesta serve`).
+    #[arg(long, env = "SIESTA_SERVING_IMAGE")]
+    serving_image: String,
+    /// Watch InferenceServices of this group (serving.kserve.io: KServe's manifests unchanged).
+    #[arg(long, default_value = SIESTA_GROUP)]
+    api_group: String,
+    /// The gateway Service that transformers call their predictor through.
+    #[arg(long, default_value = "siesta-gateway.siesta-system.svc")]
+    gateway: String,
+    /// How long a replica may take to load its model (a startup probe, separate from idle).
+    #[arg(long, default_value_t = 600)]
+    startup_deadline_secs: i32,
+    /// How long a stopping replica may drain.
+    #[arg(long, default_value_t = 30)]
+    drain_secs: i64,
+    /// Status URLs are http://NAME.NAMESPACE.DOMAIN.
+    #[arg(long, default_value = "example.com")]
+    domain: String,
+}
+
+pub fn print_crd(a: CrdArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(crd::crd_yaml(&a.group).as_bytes()) {
+        // `siesta crd | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+pub async fn run_controller(a: ControllerArgs) -> Result<()> {
+    let client = siesta_k8s::kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    tracing::info!(group = %a.api_group, image = %a.serving_image, "siesta controller starting");
+    siesta_k8s::controller::run(
+        client,
+        Settings {
+            image: a.serving_image,
+            gateway: a.gateway,
+            startup_deadline_secs: a.startup_deadline_secs,
+            drain_secs: a.drain_secs,
+            domain: a.domain,
+            api_group: a.api_group,
+        },
+    )
+    .await;
+    Ok(())
+}
