@@ -93,7 +93,16 @@ fn labels(isvc: &InferenceService, kind: Kind) -> BTreeMap<String, String> {
     ])
 }
 
-/// The InferenceService owns what is made for it, so deleting it deletes them.
+/// Name, namespace, labels, and the InferenceService as owner, so deleting it deletes them.
+fn metadata(isvc: &InferenceService, kind: Kind, s: &Settings) -> Value {
+    json!({
+        "name": object_name(isvc, kind),
+        "namespace": isvc.namespace(),
+        "labels": labels(isvc, kind),
+        "ownerReferences": owner(isvc, s),
+    })
+}
+
 fn owner(isvc: &InferenceService, s: &Settings) -> Value {
     json!([{
         "apiVersion": format!("{}/v1beta1", s.api_group),
@@ -291,12 +300,7 @@ pub fn deployment(
     let value = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": object_name(isvc, kind),
-            "namespace": isvc.namespace(),
-            "labels": labels,
-            "ownerReferences": owner(isvc, s),
-        },
+        "metadata": metadata(isvc, kind, s),
         "spec": {
             "selector": {"matchLabels": labels},
             "template": {
@@ -316,12 +320,7 @@ pub fn service(isvc: &InferenceService, kind: Kind, s: &Settings) -> Service {
     let value = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": object_name(isvc, kind),
-            "namespace": isvc.namespace(),
-            "labels": labels,
-            "ownerReferences": owner(isvc, s),
-        },
+        "metadata": metadata(isvc, kind, s),
         "spec": {
             "selector": labels,
             "ports": [
