@@ -65,20 +65,22 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
                 None
             } else {
                 match OnnxModel::config_for_bare_dir(dir)? {
-                    Some(c) => Some(c),
+                    Some(c) => Some((c, None)),
                     None => vision_config_for_bare_dir(dir)?,
                 }
             };
-            let mut config = match bare {
-                Some(c) => c,
-                None => ModelConfig::read(dir)?,
+            let (mut config, recognised_from) = match bare {
+                Some((c, weights)) => (c, weights),
+                None => (ModelConfig::read(dir)?, None),
             };
             if config.labels.is_empty() {
                 config.labels = labels::index_to_name(dir)?;
             }
-            let weights = match &config.weights {
-                Some(file) => WeightsFrom::File(dir.join(file)),
-                None => WeightsFrom::None,
+            let weights = match (&config.weights, recognised_from) {
+                // Read once to recognise the architecture: not read again.
+                (Some(file), Some(loaded)) => WeightsFrom::Loaded(dir.join(file), loaded),
+                (Some(file), None) => WeightsFrom::File(dir.join(file)),
+                (None, _) => WeightsFrom::None,
             };
             (config, weights)
         }
@@ -196,6 +198,7 @@ fn load_torchscript(
 enum WeightsFrom {
     Buffer(&'static [u8]),
     File(PathBuf),
+    Loaded(PathBuf, HashMap<String, CTensor>),
     None,
 }
 
@@ -208,6 +211,7 @@ impl WeightsFrom {
                     reason: e.to_string(),
                 }),
             WeightsFrom::File(path) => state_dict::load(path),
+            WeightsFrom::Loaded(_, tensors) => Ok(tensors.clone()),
             WeightsFrom::None => Err(ModelError::Config {
                 path: PathBuf::from(CONFIG_FILE),
                 reason: "this architecture needs a `weights` file".into(),
@@ -218,7 +222,7 @@ impl WeightsFrom {
     fn path(&self) -> PathBuf {
         match self {
             WeightsFrom::Buffer(_) => PathBuf::from("<embedded>/model.safetensors"),
-            WeightsFrom::File(p) => p.clone(),
+            WeightsFrom::File(p) | WeightsFrom::Loaded(p, _) => p.clone(),
             WeightsFrom::None => PathBuf::from(CONFIG_FILE),
         }
     }
@@ -228,8 +232,10 @@ impl WeightsFrom {
 const BARE_WEIGHTS: [&str; 4] = ["model.safetensors", "model.pth", "model.pt", "model.bin"];
 
 /// A directory holding only a torchvision state dict: the architecture is recognised from its
-/// module names.
-fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<ModelConfig>, ModelError> {
+/// module names. The weights read to recognise it are handed back, so loading reads them once.
+type Recognised = (ModelConfig, Option<HashMap<String, CTensor>>);
+
+fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<Recognised>, ModelError> {
     let Some(file) = BARE_WEIGHTS
         .iter()
         .map(|f| dir.join(f))
@@ -256,5 +262,6 @@ fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<ModelConfig>, ModelEr
         "architecture": arch.name(),
         "weights": file.file_name().map(|f| f.to_string_lossy().into_owned()),
     });
-    ModelConfig::from_json(config.to_string().as_bytes(), &dir.join(CONFIG_FILE)).map(Some)
+    let config = ModelConfig::from_json(config.to_string().as_bytes(), &dir.join(CONFIG_FILE))?;
+    Ok(Some((config, Some(weights))))
 }

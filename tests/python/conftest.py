@@ -83,3 +83,15 @@ def assert_close(got, want):
     summation already differ by more)."""
     err = np.max(np.abs(got - want)) / np.max(np.abs(want))
     assert err <= REL_TOL, f"relative error {err:.3g}"
+
+
+def infer(server, model, name, x, outputs):
+    """One V2 JSON inference of FP32 `x` as input `name`; the named outputs as arrays."""
+    body = json.dumps({
+        "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}],
+        "outputs": [{"name": o} for o in outputs],
+    }).encode()
+    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=body)
+    with urllib.request.urlopen(req, timeout=120) as r:
+        resp = json.loads(r.read())
+    return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in resp["outputs"]}

@@ -17,23 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import ROOT, Siesta, assert_close, held_out_digits
+from conftest import ROOT, Siesta, assert_close, held_out_digits, infer
 
 sys.path.insert(0, str(ROOT / "benches" / "kserve_peer"))
 from net import Net  # noqa: E402  the shipped MNIST CNN in PyTorch
 
 RNG = np.random.default_rng()  # fresh inputs every run
-
-
-def infer(server, model, name, x, outputs):
-    body = json.dumps({
-        "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}],
-        "outputs": [{"name": o} for o in outputs],
-    }).encode()
-    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=body)
-    with urllib.request.urlopen(req, timeout=120) as r:
-        resp = json.loads(r.read())
-    return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in resp["outputs"]}
 
 
 def save(dir, module, config):

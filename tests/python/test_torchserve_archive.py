@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from conftest import ROOT, SIESTA_BIN, Siesta, assert_close
+from conftest import ROOT, SIESTA_BIN, Siesta, assert_close, infer
 
 sys.path.insert(0, str(ROOT / "models" / "vision"))
 import make_vision  # noqa: E402
@@ -32,17 +32,6 @@ def archive(tmp_path, name, serialized, handler, *extra):
     return tmp_path
 
 
-def infer(server, model, x):
-    import urllib.request
-
-    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.flatten().tolist()}]}).encode()
-    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=body)
-    with urllib.request.urlopen(req, timeout=120) as r:
-        out = json.loads(r.read())["outputs"][0]
-    return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
-
-
 def check_serves(dir, model, net):
     server = Siesta("--storage-uri", str(dir), "--model-name", model)
     try:
@@ -50,7 +39,7 @@ def check_serves(dir, model, net):
         x = RNG.normal(size=(2, 3, 224, 224)).astype(np.float32)
         with torch.no_grad():
             want = net(torch.from_numpy(x)).numpy()
-        assert_close(infer(server, model, x), want)
+        assert_close(infer(server, model, "input", x, ["logits"])["logits"], want)
     finally:
         server.stop()
 

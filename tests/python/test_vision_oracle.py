@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SIESTA_BIN, Siesta, assert_close
+from conftest import ROOT, SIESTA_BIN, Siesta, assert_close, infer
 
 sys.path.insert(0, str(ROOT / "models" / "vision"))
 import make_vision  # noqa: E402
@@ -32,15 +32,6 @@ CASES = [
     ("mobilenet_v2", 10, {"fmt": "pth", "data_parallel": True}, 2),
     ("inception_v3", 5, {"fmt": "safetensors"}, 2),
 ]
-
-
-def infer(server, model, x):
-    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.flatten().tolist()}]}).encode()
-    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=body)
-    with urllib.request.urlopen(req, timeout=300) as r:
-        out = json.loads(r.read())["outputs"][0]
-    return out, np.array(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
 def metadata(server, model):
@@ -68,8 +59,8 @@ def test_candle_classifier_matches_torchvision(tmp_path, arch, classes, saved, b
         x = RNG.normal(size=(batch, 3, side, side)).astype(np.float32)
         with torch.no_grad():
             want = net(torch.from_numpy(x)).numpy()
-        out, got = infer(server, arch, x)
-        assert out["name"] == "logits" and got.shape == (batch, classes)
+        got = infer(server, arch, "input", x, ["logits"])["logits"]
+        assert got.shape == (batch, classes)
         assert_close(got, want)
         if saved.get("labels"):
             assert meta["parameters"]["labels"] == saved["labels"]
@@ -148,7 +139,7 @@ def test_the_runtime_picks_the_engine_for_one_model_saved_three_ways(tmp_path, a
             server.wait_ready()
             meta = metadata(server, arch)
             assert meta["inputs"][0]["name"] == "input" and meta["outputs"][0]["name"] == "logits"
-            _, got = infer(server, arch, x)
+            got = infer(server, arch, "input", x, ["logits"])["logits"]
             assert_close(got, want)
         finally:
             server.stop()

@@ -49,11 +49,19 @@ impl CpuKernel {
         let ow = (w + 2 * pw - kw) / s.stride + 1;
         let o = s.out_channels;
         if let Some(bias) = &self.bias {
-            // [C, N*HW]: the images side by side, so the batch is one wide product.
-            let cols = x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?;
+            // [C, N*HW]: the images side by side, so the batch is one wide product; one image
+            // already is that matrix, with no copy.
+            let cols = if n == 1 {
+                x.reshape((c, h * w))?
+            } else {
+                x.reshape((n, c, h * w))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((c, n * h * w))?
+            };
             let y = self
                 .matrix
-                .matmul(&cols.reshape((c, n * h * w))?)?
+                .matmul(&cols)?
                 .reshape((o, n, h * w))?
                 .broadcast_add(&bias.reshape((o, 1, 1))?)?;
             return to_nchw(y, n, o, oh, ow);
@@ -142,7 +150,7 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_for_every_kind_of_layer() -> Result<()> {
         let dev = Device::Cpu;
-        for s in [
+        for (n, s) in [
             ConvShape::square(3, 8, 7, 2, 3),
             ConvShape::square(6, 5, 3, 1, 1),
             ConvShape::square(6, 5, 3, 2, 0),
@@ -150,8 +158,12 @@ mod tests {
             ConvShape::square(6, 5, 1, 1, 0),
             ConvShape::same(6, 5, 1, 7),
             ConvShape::same(6, 5, 7, 1),
-        ] {
-            let x = Tensor::randn(0f32, 1.0, (2, s.in_channels, 13, 11), &dev)?;
+        ]
+        .into_iter()
+        .flat_map(|s| [(1, s), (2, s)])
+        {
+            // One image takes the no-copy path, several the side-by-side one.
+            let x = Tensor::randn(0f32, 1.0, (n, s.in_channels, 13, 11), &dev)?;
             let w = Tensor::randn(
                 0f32,
                 1.0,
@@ -168,7 +180,7 @@ mod tests {
                 .broadcast_add(&b.reshape((1, s.out_channels, 1, 1))?)?;
             assert_eq!(got.dims(), want.dims(), "{s:?}");
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "{s:?}: max difference {diff}");
+            assert!(diff < 1e-4, "batch {n}, {s:?}: max difference {diff}");
         }
         Ok(())
     }
