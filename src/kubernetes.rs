@@ -1,6 +1,8 @@
 //! `siesta crd` and `siesta controller` (the `kubernetes` feature).
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -36,6 +38,26 @@ pub struct ControllerArgs {
     domain: String,
 }
 
+#[derive(Parser)]
+pub struct GatewayArgs {
+    /// Serve InferenceServices of this group (serving.kserve.io: KServe's manifests unchanged).
+    #[arg(long, default_value = SIESTA_GROUP)]
+    api_group: String,
+    /// Serve only this namespace's InferenceServices (default: every namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// How long a replica may take to become ready; until one is, starting replicas are not
+    /// scaled away (a GPU node may still be provisioning). Match the controller's.
+    #[arg(long, default_value_t = 600)]
+    startup_deadline_secs: u64,
+    #[command(flatten)]
+    scaling: crate::ScalingArgs,
+}
+
 pub fn print_crd(a: CrdArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(crd::crd_yaml(&a.group).as_bytes()) {
@@ -62,5 +84,34 @@ pub async fn run_controller(a: ControllerArgs) -> Result<()> {
         },
     )
     .await;
+    Ok(())
+}
+
+pub async fn run_gateway(a: GatewayArgs) -> Result<()> {
+    let client = siesta_k8s::kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let defaults = a.scaling.defaults()?;
+    let handle = siesta_runtime::metrics::install();
+    let cfg = siesta_k8s::gateway::GatewayConfig {
+        api_group: a.api_group,
+        namespace: a.namespace,
+        addr: SocketAddr::new(a.host, a.port),
+        startup_deadline: std::time::Duration::from_secs(a.startup_deadline_secs),
+        hold_limit: a.scaling.hold_queue,
+        defaults,
+        metrics: Arc::new(move || handle.render()),
+        clock: Arc::new(siesta_k8s::backend::now),
+    };
+    siesta_k8s::gateway::run(
+        client,
+        cfg,
+        |addr| {
+            println!("siesta gateway listening http={addr}");
+            let _ = std::io::stdout().flush();
+        },
+        crate::up::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

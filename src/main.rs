@@ -71,19 +71,15 @@ enum Command {
     /// Reconcile InferenceServices into Deployments and Services (runs in the cluster).
     #[cfg(feature = "kubernetes")]
     Controller(Box<kubernetes::ControllerArgs>),
+    /// The gateway and autoscalers in a cluster: routes to the InferenceServices' pods and scales
+    /// their Deployments (runs in the cluster).
+    #[cfg(feature = "kubernetes")]
+    Gateway(Box<kubernetes::GatewayArgs>),
 }
 
-#[derive(Parser)]
-struct UpArgs {
-    /// InferenceService manifests (YAML, several documents per file allowed).
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
-    /// Gateway address.
-    #[arg(long, default_value = "0.0.0.0")]
-    host: IpAddr,
-    /// Gateway port (0 = any free port; printed on stdout).
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
+/// Knative's config-autoscaler, as flags (`siesta up` and the cluster gateway).
+#[derive(clap::Args)]
+struct ScalingArgs {
     /// Knative's stable window.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     stable_window: Duration,
@@ -105,6 +101,39 @@ struct UpArgs {
     /// Requests held per component while it has no ready replica.
     #[arg(long, default_value_t = 1000)]
     hold_queue: usize,
+}
+
+impl ScalingArgs {
+    fn defaults(&self) -> Result<siesta_lifecycle::manifest::ClusterDefaults> {
+        anyhow::ensure!(
+            self.tick.as_millis() >= 100,
+            "--tick must be at least 100ms"
+        );
+        Ok(siesta_lifecycle::manifest::ClusterDefaults {
+            stable_window: self.stable_window,
+            panic_window_percentage: self.panic_window_percentage,
+            scale_to_zero_grace: self.scale_to_zero_grace,
+            tick: self.tick,
+            target_burst_capacity: self.target_burst_capacity,
+            enable_scale_to_zero: !self.no_scale_to_zero,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Parser)]
+struct UpArgs {
+    /// InferenceService manifests (YAML, several documents per file allowed).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Gateway address.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Gateway port (0 = any free port; printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    #[command(flatten)]
+    scaling: ScalingArgs,
     /// Record every answered request to this file (JSON lines for `siesta scale simulate`).
     #[arg(long)]
     record_trace: Option<PathBuf>,
@@ -387,6 +416,14 @@ fn main() -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(kubernetes::run_controller(*args))
+        }
+        #[cfg(feature = "kubernetes")]
+        Command::Gateway(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(kubernetes::run_gateway(*args))
         }
         Command::Up(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml, SimulatedGpus};
-use siesta_lifecycle::manifest::{self, ClusterDefaults};
+use siesta_lifecycle::manifest;
 use siesta_lifecycle::up::{self as lifecycle_up, GpuMemoryEstimate, UpConfig};
 use siesta_models::DeviceSpec;
 use siesta_models::embedded::MNIST_WEIGHTS;
@@ -14,16 +14,7 @@ use siesta_models::embedded::MNIST_WEIGHTS;
 use crate::UpArgs;
 
 pub async fn run(a: UpArgs) -> Result<()> {
-    anyhow::ensure!(a.tick.as_millis() >= 100, "--tick must be at least 100ms");
-    let defaults = ClusterDefaults {
-        stable_window: a.stable_window,
-        panic_window_percentage: a.panic_window_percentage,
-        scale_to_zero_grace: a.scale_to_zero_grace,
-        tick: a.tick,
-        target_burst_capacity: a.target_burst_capacity,
-        enable_scale_to_zero: !a.no_scale_to_zero,
-        ..ClusterDefaults::default()
-    };
+    let defaults = a.scaling.defaults()?;
     let mut services = Vec::new();
     for file in &a.files {
         let text =
@@ -60,8 +51,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
         siesta_bin: std::env::current_exe().context("locating the siesta binary")?,
         log_dir: a.log_dir,
         replica_args,
-        hold_limit: a.hold_queue,
-        enable_scale_to_zero: !a.no_scale_to_zero,
+        hold_limit: a.scaling.hold_queue,
+        enable_scale_to_zero: defaults.enable_scale_to_zero,
         record_trace: a.record_trace,
         gpus,
         gpu_memory,
@@ -113,7 +104,7 @@ fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)]) -> Option<u64> {
     Some(total)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

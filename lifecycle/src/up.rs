@@ -209,19 +209,7 @@ pub async fn run(
                 scaling: c.scaling.clone(),
                 enable_scale_to_zero: cfg.enable_scale_to_zero,
             });
-            all_pools.push((
-                pool.clone(),
-                ComponentScalingView {
-                    min: c.scaling.min_scale,
-                    max: c.scaling.max_scale,
-                    target: c.scaling.decider.target,
-                    metric: match c.scaling.metric {
-                        crate::manifest::ScaleMetric::Concurrency => "concurrency",
-                        crate::manifest::ScaleMetric::Rps => "rps",
-                    },
-                    container_concurrency: c.container_concurrency,
-                },
-            ));
+            all_pools.push((pool.clone(), ComponentScalingView::of(c)));
             pools.push((pool, c.timeout));
         }
         let (predictor, timeout) = pools[0].clone();
@@ -313,7 +301,8 @@ async fn export_gpu_metrics(inventory: Arc<dyn GpuInventory>, backend: Arc<Local
     }
 }
 
-struct ComponentScalingView {
+/// A component's scaling settings, as `/siesta/status` shows them.
+pub struct ComponentScalingView {
     min: u32,
     max: u32,
     target: f64,
@@ -321,9 +310,26 @@ struct ComponentScalingView {
     container_concurrency: u32,
 }
 
-fn status_json(
+impl ComponentScalingView {
+    pub fn of(c: &Component) -> Self {
+        ComponentScalingView {
+            min: c.scaling.min_scale,
+            max: c.scaling.max_scale,
+            target: c.scaling.decider.target,
+            metric: match c.scaling.metric {
+                crate::manifest::ScaleMetric::Concurrency => "concurrency",
+                crate::manifest::ScaleMetric::Rps => "rps",
+            },
+            container_concurrency: c.container_concurrency,
+        }
+    }
+}
+
+/// The `/siesta/status` document: per component what the autoscaler sees and decided, what the
+/// backend has, and (one host) the GPUs.
+pub fn status_json(
     pools: &[(Arc<Pool>, ComponentScalingView)],
-    backend: &LocalBackend,
+    backend: &dyn ReplicaBackend,
     gpus: Option<&dyn GpuInventory>,
 ) -> serde_json::Value {
     let components: Vec<serde_json::Value> = pools

@@ -33,11 +33,16 @@ const ATTEMPTS: usize = 3;
 
 /// The components of one InferenceService: where requests enter, and the predictor (which the
 /// transformer calls back through the gateway).
+#[derive(Clone)]
 pub struct Route {
     pub entry: Arc<Pool>,
     pub predictor: Arc<Pool>,
     pub timeout: Duration,
 }
+
+/// The routes by InferenceService name; in a cluster they change as InferenceServices come
+/// and go.
+pub type Routes = Arc<parking_lot::RwLock<HashMap<String, Route>>>;
 
 /// Renders the process's Prometheus metrics.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -46,7 +51,7 @@ pub type StatusRender = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Gateway {
-    routes: Arc<HashMap<String, Route>>,
+    routes: Routes,
     client: Client<HttpConnector, Full<Bytes>>,
     /// HTTP/2 with prior knowledge, for gRPC to the replicas' gRPC ports.
     h2: Client<HttpConnector, Full<Bytes>>,
@@ -62,11 +67,26 @@ impl Gateway {
         status: StatusRender,
         recorder: Option<trace::TraceRecorder>,
     ) -> Self {
+        Self::with_routes(
+            Arc::new(parking_lot::RwLock::new(routes)),
+            metrics,
+            status,
+            recorder,
+        )
+    }
+
+    /// A gateway whose routes the caller keeps changing.
+    pub fn with_routes(
+        routes: Routes,
+        metrics: MetricsRender,
+        status: StatusRender,
+        recorder: Option<trace::TraceRecorder>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
         Gateway {
-            routes: Arc::new(routes),
+            routes,
             client: Client::builder(TokioExecutor::new()).build(connector.clone()),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
@@ -108,24 +128,29 @@ impl Gateway {
             .unwrap_or_default();
         // The whole name first: a service may itself end in "-transformer" (scenario 5's
         // `torch-transformer`).
-        if let Some(r) = self.routes.get(host) {
+        let routes = self.routes.read();
+        if let Some(r) = routes.get(host) {
             return Some((r.entry.clone(), r.timeout));
         }
         if let Some(service) = host.strip_suffix("-predictor")
-            && let Some(r) = self.routes.get(service)
+            && let Some(r) = routes.get(service)
         {
             return Some((r.predictor.clone(), r.timeout));
         }
         if let Some(service) = host.strip_suffix("-transformer")
-            && let Some(r) = self.routes.get(service)
+            && let Some(r) = routes.get(service)
         {
             return Some((r.entry.clone(), r.timeout));
         }
+        drop(routes);
         self.route_model(model_in_path(uri.path())?)
     }
 
     fn route_model(&self, name: &str) -> Option<(Arc<Pool>, Duration)> {
-        self.routes.get(name).map(|r| (r.entry.clone(), r.timeout))
+        self.routes
+            .read()
+            .get(name)
+            .map(|r| (r.entry.clone(), r.timeout))
     }
 }
 

@@ -1,0 +1,293 @@
+//! `siesta gateway` in a cluster: the same gateway and Knative-exact autoscalers as `siesta up`,
+//! with [`KubeBackend`] for replicas and the routes following the InferenceServices in the API
+//! server (watched, not read once). Requests reach it through the `siesta-gateway` Service, by
+//! `Host` (`{name}.{namespace}.{domain}`, `{name}-predictor...`) or by model name in the path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use parking_lot::Mutex;
+use serde_json::json;
+use siesta_lifecycle::autoscaler::live::LiveAutoscaler;
+use siesta_lifecycle::backend::{ComponentKey, ReplicaBackend};
+use siesta_lifecycle::gateway::pool::Pool;
+use siesta_lifecycle::gateway::{Gateway, MetricsRender, Route, Routes};
+use siesta_lifecycle::manifest::{self, ClusterDefaults};
+use siesta_lifecycle::up::{ComponentScalingView, status_json};
+use tokio::task::JoinHandle;
+
+use crate::backend::{Clock, KubeBackend};
+use crate::controller::api_resource;
+
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// The group whose InferenceServices to serve (Siesta's or KServe's).
+    pub api_group: String,
+    /// One namespace, or `None` for all.
+    pub namespace: Option<String>,
+    pub addr: SocketAddr,
+    /// A replica's time to become ready (same as the controller's startup probe).
+    pub startup_deadline: Duration,
+    /// Requests held per component while it has no ready replica.
+    pub hold_limit: usize,
+    pub defaults: ClusterDefaults,
+    pub metrics: MetricsRender,
+    pub clock: Clock,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// One InferenceService being served.
+struct Installed {
+    /// Spec and annotations as last installed: a change reinstalls the service.
+    fingerprint: String,
+    keys: Vec<ComponentKey>,
+    autoscalers: Vec<JoinHandle<()>>,
+    pools: Vec<(Arc<Pool>, ComponentScalingView)>,
+}
+
+struct Services {
+    backend: KubeBackend,
+    routes: Routes,
+    /// By (namespace, name).
+    installed: Mutex<HashMap<(String, String), Installed>>,
+    hold_limit: usize,
+    defaults: ClusterDefaults,
+}
+
+/// The parts of an InferenceService the gateway acts on, as text: a change elsewhere (status,
+/// managed fields) is not a change.
+fn fingerprint(obj: &DynamicObject) -> String {
+    json!({"spec": obj.data["spec"], "annotations": obj.metadata.annotations}).to_string()
+}
+
+impl Services {
+    /// Brings the routes and autoscalers in line with the InferenceServices that exist now.
+    fn sync(&self, objects: &[Arc<DynamicObject>]) {
+        let mut installed = self.installed.lock();
+        let mut present = std::collections::HashSet::new();
+        for obj in objects {
+            let (Some(ns), Some(name)) =
+                (obj.metadata.namespace.clone(), obj.metadata.name.clone())
+            else {
+                continue;
+            };
+            let id = (ns, name);
+            present.insert(id.clone());
+            let fp = fingerprint(obj);
+            if installed.get(&id).is_some_and(|i| i.fingerprint == fp) {
+                continue;
+            }
+            if let Some(old) = installed.remove(&id) {
+                self.uninstall(&id, old);
+            }
+            // Routes are by name, across namespaces: the first namespace to claim one keeps it.
+            if let Some(((other_ns, _), _)) = installed.iter().find(|((_, n), _)| *n == id.1) {
+                tracing::error!(namespace = %id.0, service = %id.1, %other_ns,
+                    "an InferenceService of this name is already served from another namespace; not routing this one");
+                continue;
+            }
+            match self.install(&id, obj, fp) {
+                Ok(i) => {
+                    installed.insert(id, i);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %id.0, service = %id.1, error = %e,
+                        "InferenceService not served (the controller's status says why too)")
+                }
+            }
+        }
+        let gone: Vec<(String, String)> = installed
+            .keys()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(old) = installed.remove(&id) {
+                self.uninstall(&id, old);
+            }
+        }
+    }
+
+    fn install(
+        &self,
+        (ns, name): &(String, String),
+        obj: &DynamicObject,
+        fingerprint: String,
+    ) -> Result<Installed, manifest::ManifestError> {
+        let doc = json!({
+            "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()),
+            "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": ns, "annotations": obj.metadata.annotations},
+            "spec": obj.data["spec"],
+        });
+        let isvc = manifest::parse(&doc.to_string(), &self.defaults)?.remove(0);
+        let mut keys = Vec::new();
+        let mut autoscalers = Vec::new();
+        let mut pools = Vec::new();
+        let mut route_pools = Vec::new();
+        for c in std::iter::once(&isvc.predictor).chain(isvc.transformer.as_ref()) {
+            let key = ComponentKey {
+                service: name.clone(),
+                kind: c.kind,
+            };
+            self.backend.register_in(ns, &key);
+            let endpoints = self.backend.endpoints(&key).expect("registered above");
+            let pool = Pool::new(
+                key.clone(),
+                c.container_concurrency,
+                self.hold_limit,
+                endpoints,
+            );
+            autoscalers.push(tokio::spawn(
+                LiveAutoscaler {
+                    pool: pool.clone(),
+                    backend: Arc::new(self.backend.clone()) as Arc<dyn ReplicaBackend>,
+                    scaling: c.scaling.clone(),
+                    enable_scale_to_zero: self.defaults.enable_scale_to_zero,
+                }
+                .run(),
+            ));
+            pools.push((pool.clone(), ComponentScalingView::of(c)));
+            route_pools.push((pool, c.timeout));
+            keys.push(key);
+        }
+        let (predictor, timeout) = route_pools[0].clone();
+        let entry = route_pools
+            .last()
+            .map_or(predictor.clone(), |(p, _)| p.clone());
+        self.routes.write().insert(
+            name.clone(),
+            Route {
+                entry,
+                predictor,
+                timeout,
+            },
+        );
+        tracing::info!(namespace = %ns, service = %name, components = keys.len(), "serving");
+        Ok(Installed {
+            fingerprint,
+            keys,
+            autoscalers,
+            pools,
+        })
+    }
+
+    fn uninstall(&self, (ns, name): &(String, String), old: Installed) {
+        self.routes.write().remove(name);
+        for t in &old.autoscalers {
+            t.abort();
+        }
+        for k in &old.keys {
+            self.backend.forget(k);
+        }
+        tracing::info!(namespace = %ns, service = %name, "no longer serving");
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let installed = self.installed.lock();
+        let components: Vec<serde_json::Value> = installed
+            .values()
+            .flat_map(|i| {
+                let doc = status_json(&i.pools, &self.backend, None);
+                doc["components"].as_array().cloned().unwrap_or_default()
+            })
+            .collect();
+        json!({"components": components, "gpus": []})
+    }
+}
+
+/// Serves until `shutdown` resolves. The replicas stay as they are when it stops.
+pub async fn run(
+    client: Client,
+    cfg: GatewayConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let backend = KubeBackend::new(
+        client.clone(),
+        cfg.namespace.as_deref().unwrap_or("default"),
+        cfg.startup_deadline,
+        cfg.clock.clone(),
+    );
+    let routes: Routes = Arc::default();
+    let services = Arc::new(Services {
+        backend: backend.clone(),
+        routes: routes.clone(),
+        installed: Mutex::new(HashMap::new()),
+        hold_limit: cfg.hold_limit,
+        defaults: cfg.defaults.clone(),
+    });
+    let resource = api_resource(&cfg.api_group);
+    let api: Api<DynamicObject> = match &cfg.namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    let follower = tokio::spawn(follow_services(api, resource, services.clone()));
+
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: cfg.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: cfg.addr,
+        source,
+    })?;
+    on_listening(addr);
+    let status_services = services.clone();
+    let app = Gateway::with_routes(
+        routes,
+        cfg.metrics.clone(),
+        Arc::new(move || status_services.status()),
+        None,
+    )
+    .router();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gateway stopped");
+    }
+    follower.abort();
+    let ids: Vec<(String, String)> = services.installed.lock().keys().cloned().collect();
+    for id in ids {
+        if let Some(i) = services.installed.lock().remove(&id) {
+            services.uninstall(&id, i);
+        }
+    }
+    backend.shutdown().await;
+    Ok(())
+}
+
+async fn follow_services(
+    api: Api<DynamicObject>,
+    resource: kube::api::ApiResource,
+    services: Arc<Services>,
+) {
+    let writer = reflector::store::Writer::new(resource);
+    let reader = writer.as_reader();
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => services.sync(&reader.state()),
+            Err(e) => tracing::warn!(error = %e, "watching InferenceServices failed; retrying"),
+        }
+    }
+}
