@@ -132,40 +132,6 @@ impl Drop for Up {
     }
 }
 
-fn body_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let img = vec![0.0f32; 784];
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": img}]});
-    let path = dir.join("body.json");
-    std::fs::write(&path, body.to_string()).unwrap();
-    path
-}
-
-/// Runs hey and returns the status codes it saw.
-fn hey(args: &[&str], body: &std::path::Path, url: &str) -> Vec<String> {
-    let out = Command::new("hey")
-        .args(args)
-        .args([
-            "-m",
-            "POST",
-            "-T",
-            "application/json",
-            "-D",
-            body.to_str().unwrap(),
-            "-o",
-            "csv",
-            url,
-        ])
-        .output()
-        .expect("hey is installed (scripts/test.sh installs it)");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(6).map(str::to_string))
-        .collect()
-}
-
 const SCENARIO_1_AND_4: &str = "
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
@@ -198,7 +164,7 @@ async fn scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
 
     // A request at zero is held until a replica is ready, then served.
     let dir = tempfile::tempdir().unwrap();
-    let body = body_file(dir.path());
+    let body = common::mnist_body_file(dir.path());
     let resp = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")
@@ -234,7 +200,7 @@ async fn scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
     };
     let codes = tokio::task::spawn_blocking({
         let (url, body) = (url.clone(), body.clone());
-        move || hey(&["-z", "8s", "-c", "5"], &body, &url)
+        move || common::hey(&["-z", "8s", "-c", "5"], &body, &url)
     })
     .await
     .unwrap();
@@ -249,9 +215,10 @@ async fn scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
         s["ready"] == 0 && s["starting"] == 0
     })
     .await;
-    let codes = tokio::task::spawn_blocking(move || hey(&["-n", "20", "-c", "2"], &body, &url))
-        .await
-        .unwrap();
+    let codes =
+        tokio::task::spawn_blocking(move || common::hey(&["-n", "20", "-c", "2"], &body, &url))
+            .await
+            .unwrap();
     assert_eq!(codes.len(), 20);
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     up.stop();
@@ -303,11 +270,12 @@ spec:
     assert!(page.text().await.unwrap().contains("/siesta/status"));
     assert!(up.status().await["autoscaler"]["desired"].is_i64());
     let dir = tempfile::tempdir().unwrap();
-    let body = body_file(dir.path());
+    let body = common::mnist_body_file(dir.path());
     let url = format!("{}/v2/models/limited/infer", up.gateway);
-    let codes = tokio::task::spawn_blocking(move || hey(&["-n", "400", "-c", "8"], &body, &url))
-        .await
-        .unwrap();
+    let codes =
+        tokio::task::spawn_blocking(move || common::hey(&["-n", "400", "-c", "8"], &body, &url))
+            .await
+            .unwrap();
     assert_eq!(codes.len(), 400);
     assert!(
         codes.iter().all(|c| c == "200"),
@@ -354,13 +322,14 @@ spec:
     up.wait_for("replica", Duration::from_secs(20), |s| s["ready"] == 1)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let body = body_file(dir.path());
+    let body = common::mnist_body_file(dir.path());
     let url = format!("{}/v2/models/by-rate/infer", up.gateway);
     // 2 workers x 20 rps = 40 rps against 10 x 70 % = 7 rps per replica: ceil(40 / 7) = 6.
-    let codes =
-        tokio::task::spawn_blocking(move || hey(&["-z", "6s", "-c", "2", "-q", "20"], &body, &url))
-            .await
-            .unwrap();
+    let codes = tokio::task::spawn_blocking(move || {
+        common::hey(&["-z", "6s", "-c", "2", "-q", "20"], &body, &url)
+    })
+    .await
+    .unwrap();
     assert!(codes.iter().all(|c| c == "200"));
     let s = up.status().await;
     let ready = s["ready"].as_u64().unwrap() + s["starting"].as_u64().unwrap();
@@ -424,9 +393,10 @@ spec:
     up.wait_for("two replicas", Duration::from_secs(20), |s| s["ready"] == 2)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let body = body_file(dir.path());
+    let body = common::mnist_body_file(dir.path());
     let url = format!("{}/v2/models/faults/infer", up.gateway);
-    let load = tokio::task::spawn_blocking(move || hey(&["-z", "5s", "-c", "4"], &body, &url));
+    let load =
+        tokio::task::spawn_blocking(move || common::hey(&["-z", "5s", "-c", "4"], &body, &url));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = up.status().await["endpoints"][0]["replica"]
         .as_str()
@@ -547,7 +517,7 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
     // 2 x 70 % = 1.4, so it stays at one replica.
     let url = format!("{}/v1/models/mnist:predict", up.gateway);
     let codes = tokio::task::spawn_blocking(move || {
-        hey(
+        common::hey(
             &[
                 "-z",
                 "6s",

@@ -244,6 +244,12 @@ impl KubeBackend {
         let (asked, _) = watch::channel(None);
         let (endpoints, _) = watch::channel(Vec::new());
         let (pods_tx, pods_rx) = watch::channel(Vec::new());
+        let (current_tx, current_rx) = watch::channel(None);
+        let selector = format!(
+            "{LABEL_SERVICE}={},{LABEL_COMPONENT}={}",
+            key.service,
+            key.kind.as_str()
+        );
         let status = Arc::new(Mutex::new(BackendStatus::default()));
         let client = self.inner.client.clone();
         let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
@@ -266,27 +272,44 @@ impl KubeBackend {
                 span.clone(),
             )),
             tokio::spawn(follow(
+                deployments.clone(),
+                selector.clone(),
+                {
+                    let name = name.clone();
+                    move |deployments| {
+                        let replicas = deployments
+                            .iter()
+                            .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+                            .and_then(|d| d.spec.replicas)
+                            .and_then(|r| u32::try_from(r).ok());
+                        current_tx.send_if_modified(|c| {
+                            let changed = *c != replicas;
+                            *c = replicas;
+                            changed
+                        });
+                    }
+                },
+                span.clone(),
+            )),
+            tokio::spawn(follow(
                 pods,
-                format!(
-                    "{LABEL_SERVICE}={},{LABEL_COMPONENT}={}",
-                    key.service,
-                    key.kind.as_str()
-                ),
+                selector,
                 move |pods| {
                     let views: Vec<PodView> = pods.iter().map(|p| PodView::from_pod(p)).collect();
                     pods_tx.send_replace(views);
                 },
                 span.clone(),
             )),
-            tokio::spawn(scale_loop(
-                self.inner.clone(),
+            tokio::spawn(scale_loop(ScaleLoop {
+                inner: self.inner.clone(),
                 deployments,
                 name,
-                asked.subscribe(),
-                pods_rx,
-                status.clone(),
+                asked: asked.subscribe(),
+                pods: pods_rx,
+                current: current_rx,
+                status: status.clone(),
                 span,
-            )),
+            })),
         ];
         let component = Arc::new(Component {
             asked,
@@ -400,29 +423,44 @@ async fn follow<K>(
     }
 }
 
-/// Converges the Deployment's replicas on [`plan`]'s count whenever the autoscaler asks or the
-/// pods change, and keeps the component's status.
-async fn scale_loop(
+/// Converges the Deployment's replicas on [`plan`]'s count whenever the autoscaler asks, the
+/// pods change or the Deployment's count changes, and keeps the component's status.
+struct ScaleLoop {
     inner: Arc<Inner>,
     deployments: Api<Deployment>,
     name: String,
-    mut asked: watch::Receiver<Option<u32>>,
-    mut pods: watch::Receiver<Vec<PodView>>,
+    asked: watch::Receiver<Option<u32>>,
+    pods: watch::Receiver<Vec<PodView>>,
+    /// The Deployment's `spec.replicas`.
+    current: watch::Receiver<Option<u32>>,
     status: Arc<Mutex<BackendStatus>>,
     span: tracing::Span,
-) {
-    let mut applied: Option<u32> = None;
+}
+
+async fn scale_loop(l: ScaleLoop) {
+    let ScaleLoop {
+        inner,
+        deployments,
+        name,
+        mut asked,
+        mut pods,
+        mut current,
+        status,
+        span,
+    } = l;
     loop {
         let want = *asked.borrow_and_update();
         let views = pods.borrow_and_update().clone();
+        // What the Deployment says now (watched): someone else's `kubectl scale` is undone too.
+        let applied = *current.borrow_and_update();
         let mut wait = REPLAN_EVERY;
         if let Some(want) = want {
             let p = plan(want, &views, (inner.clock)(), inner.startup_deadline);
-            if p.pending != status.lock().pending {
-                if let Some(reason) = &p.pending {
-                    let _g = span.enter();
-                    tracing::warn!(%reason, "replica pending");
-                }
+            if p.pending != status.lock().pending
+                && let Some(reason) = &p.pending
+            {
+                let _g = span.enter();
+                tracing::warn!(%reason, "replica pending");
             }
             *status.lock() = BackendStatus {
                 desired: p.replicas,
@@ -440,7 +478,6 @@ async fn scale_loop(
                         let _g = span.enter();
                         tracing::info!(replicas = p.replicas, asked = want, "scaled");
                         metrics::counter!("siesta_k8s_scale_requests_total", "component" => name.clone(), "result" => "ok").increment(1);
-                        applied = Some(p.replicas);
                     }
                     Err(e) => {
                         let _g = span.enter();
@@ -454,6 +491,7 @@ async fn scale_loop(
         tokio::select! {
             r = asked.changed() => if r.is_err() { return },
             r = pods.changed() => if r.is_err() { return },
+            r = current.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
     }

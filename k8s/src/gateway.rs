@@ -131,7 +131,8 @@ impl Services {
         let doc = json!({
             "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()),
             "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": ns, "annotations": obj.metadata.annotations},
+            "metadata": {"name": name, "namespace": ns,
+                         "annotations": obj.metadata.annotations.clone().unwrap_or_default()},
             "spec": obj.data["spec"],
         });
         let isvc = manifest::parse(&doc.to_string(), &self.defaults)?.remove(0);

@@ -100,7 +100,7 @@ fn scenario_5_components_scale_separately() {
 #[test]
 fn siesta_api_version_annotations_and_multi_document_files() {
     let text = r#"
-apiVersion: siesta.dev/v1alpha1
+apiVersion: serving.siesta.dev/v1beta1
 kind: InferenceService
 metadata:
   name: a

@@ -184,3 +184,38 @@ pub fn to_pixels(image: &[f32]) -> Vec<u8> {
         .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
         .collect()
 }
+
+/// A one-image V2 body for the MNIST model, as a file for `hey -D`.
+pub fn mnist_body_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = vec![0.0f32; 784];
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": img}]});
+    let path = dir.join("body.json");
+    std::fs::write(&path, body.to_string()).unwrap();
+    path
+}
+
+/// Runs hey and returns the status codes it saw.
+pub fn hey(args: &[&str], body: &std::path::Path, url: &str) -> Vec<String> {
+    let out = Command::new("hey")
+        .args(args)
+        .args([
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            body.to_str().unwrap(),
+            "-o",
+            "csv",
+            url,
+        ])
+        .output()
+        .expect("hey is installed (scripts/test.sh installs it)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(6).map(str::to_string))
+        .collect()
+}

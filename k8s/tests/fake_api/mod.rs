@@ -18,9 +18,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use kube::Client;
-use kube::client::Body;
 use serde_json::{Value, json};
+use siesta_k8s::kube::Client;
+use siesta_k8s::kube::client::Body;
 use tokio::sync::broadcast;
 
 /// One change, as a watch sends it.
@@ -106,15 +106,15 @@ fn is_collection(path: &str) -> bool {
     }
 }
 
-/// `a=b,c=d` (equality terms only).
+/// `a=b,c` (equality and existence terms).
 fn labels_match(selector: Option<&str>, object: &Value) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
-    selector.split(',').all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        let v = v.trim_start_matches('=');
-        object["metadata"]["labels"][k].as_str() == Some(v)
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels[k].as_str() == Some(v.trim_start_matches('=')),
+        None => labels.get(term).is_some(),
     })
 }
 
@@ -273,6 +273,10 @@ impl FakeApi {
                     let Some(obj) = st.objects.get_mut(&object_path) else {
                         return not_found(path);
                     };
+                    if obj["status"] == patch["status"] {
+                        // A no-op write changes nothing and tells no watch, as in Kubernetes.
+                        return (StatusCode::OK, obj.clone());
+                    }
                     obj["status"] = patch["status"].clone();
                     let obj = obj.clone();
                     return (
@@ -293,7 +297,11 @@ impl FakeApi {
                     }
                     v
                 });
+                let before = obj.clone();
                 merge(obj, &patch);
+                if existed && *obj == before {
+                    return (StatusCode::OK, before);
+                }
                 let obj = obj.clone();
                 let kind = if existed { "MODIFIED" } else { "ADDED" };
                 (

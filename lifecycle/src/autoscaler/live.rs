@@ -44,12 +44,18 @@ impl LiveAutoscaler {
         let mut every_second = tokio::time::interval(Duration::from_secs(1));
         let mut tick = tokio::time::interval(s.decider.tick);
         let mut requeue: Option<tokio::time::Instant> = None;
+        // Demand already recorded when a request woke a component at zero; the next periodic
+        // report covers the same requests, so it is taken off there (Knative's activator
+        // subtracts its first-request report the same way; counting both doubled the replicas
+        // started from zero).
+        let mut pre_reported = 0.0f64;
         loop {
             let mut poked = false;
             tokio::select! {
                 _ = every_second.tick() => {
                     let r = self.pool.report();
                     let v = match s.metric { ScaleMetric::Concurrency => r.concurrency, ScaleMetric::Rps => r.rps };
+                    let v = (v - std::mem::take(&mut pre_reported)).max(0.0);
                     let now = self.pool.now_ms();
                     stable.record(now, v);
                     panic.record(now, v);
@@ -70,6 +76,7 @@ impl LiveAutoscaler {
                 let v = f64::from(self.pool.in_flight().max(1));
                 stable.record(now, v);
                 panic.record(now, v);
+                pre_reported += v;
             }
             let decision = match (stable.average(now), panic.average(now)) {
                 (Some(st), Some(pa)) => Some(decider.scale(Observation {

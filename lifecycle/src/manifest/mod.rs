@@ -12,7 +12,8 @@ pub use autoscaling::{ClusterDefaults, ComponentScaling, ScaleMetric};
 use raw::{RawComponent, RawInferenceService};
 
 pub const KSERVE_API_VERSION: &str = "serving.kserve.io/v1beta1";
-pub const SIESTA_API_VERSION: &str = "siesta.dev/v1alpha1";
+/// The group and version of Siesta's own InferenceService CRD (`siesta crd`).
+pub const SIESTA_API_VERSION: &str = "serving.siesta.dev/v1beta1";
 /// KServe's default request timeout (seconds), as Knative's revision timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
