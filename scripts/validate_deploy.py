@@ -5,10 +5,13 @@
    fields are errors) -- the CRDs included, as apiextensions.k8s.io/v1 objects;
 2. the five scenario manifests (deploy/examples) validate against the InferenceService CRD's
    own openAPIV3Schema, under both groups (Siesta's and KServe's);
-3. every metric the Grafana dashboard queries is one that Siesta exports.
+3. every metric the Grafana dashboard queries is one that Siesta exports;
+4. the Deployments and Services `siesta render` (the controller's code) makes for the scenario
+   manifests pass the Kubernetes schemas.
 
-    .venv/bin/python scripts/validate_deploy.py"""
+    SIESTA_BIN=target/debug/siesta .venv/bin/python scripts/validate_deploy.py"""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -60,8 +63,25 @@ for crd_file, group in [(DEPLOY / "base" / "crd.yaml", "serving.siesta.dev"),
     bad["spec"]["predictor"]["minReplicas"] = -1
     check(any(jsonschema.Draft7Validator(schema).iter_errors(bad)), f"the {group} CRD rejects minReplicas: -1")
 
+# 4. what the controller applies for each scenario manifest (`siesta render`, the same code as
+#    its reconcile) passes the Kubernetes schemas too. Needs a siesta built with `kubernetes`.
+siesta = os.environ.get("SIESTA_BIN")
+check(bool(siesta), "SIESTA_BIN names a siesta built with --features kubernetes")
+for manifest in sorted((DEPLOY / "examples").glob("*.yaml")) if siesta else []:
+    run = subprocess.run([siesta, "render", str(manifest)], capture_output=True, text=True)
+    check(run.returncode == 0, f"siesta render {manifest.relative_to(ROOT)} {run.stderr.strip()}")
+    docs = [d for d in yaml.safe_load_all(run.stdout) if d] if run.returncode == 0 else []
+    check(len(docs) >= 2, f"siesta render {manifest.relative_to(ROOT)}: {len(docs)} objects")
+    for doc in docs:
+        what = f"rendered {manifest.name}: {doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            check(True, what)
+        except Exception as e:
+            check(False, f"{what}: {str(e).splitlines()[0]}")
+
 # 3. dashboard metrics exist.
-sources = "".join(p.read_text() for d in ("lifecycle/src", "runtime/src") for p in (ROOT / d).rglob("*.rs"))
+sources = "".join(p.read_text() for d in ("lifecycle/src", "runtime/src", "k8s/src") for p in (ROOT / d).rglob("*.rs"))
 exported = set(re.findall(r'"(siesta_[a-z_]+)"', sources))
 for dash in sorted((DEPLOY / "grafana").glob("*.json")):
     queried = set(re.findall(r"siesta_[a-z_]+", json.dumps(json.loads(dash.read_text()))))

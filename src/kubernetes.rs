@@ -58,6 +58,36 @@ pub struct GatewayArgs {
     scaling: crate::ScalingArgs,
 }
 
+#[derive(Parser)]
+pub struct RenderArgs {
+    /// InferenceService manifests.
+    #[arg(required = true)]
+    files: Vec<std::path::PathBuf>,
+    /// The image the replicas run.
+    #[arg(long, default_value = "ghcr.io/siesta-serving/siesta:0.1.0")]
+    serving_image: String,
+    #[arg(long, default_value = SIESTA_GROUP)]
+    api_group: String,
+}
+
+/// Prints the Deployments and Services `siesta controller` would apply for the manifests.
+pub fn render(a: RenderArgs) -> Result<()> {
+    let settings = Settings {
+        image: a.serving_image,
+        api_group: a.api_group,
+        ..Settings::default()
+    };
+    let mut out = std::io::stdout().lock();
+    for file in &a.files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let yaml = siesta_k8s::desired::render(&text, &settings)
+            .with_context(|| format!("in {}", file.display()))?;
+        out.write_all(yaml.as_bytes())?;
+    }
+    Ok(())
+}
+
 pub fn print_crd(a: CrdArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(crd::crd_yaml(&a.group).as_bytes()) {

@@ -75,6 +75,10 @@ enum Command {
     /// their Deployments (runs in the cluster).
     #[cfg(feature = "kubernetes")]
     Gateway(Box<kubernetes::GatewayArgs>),
+    /// Print the Deployments and Services `siesta controller` makes for InferenceService
+    /// manifests (YAML), without a cluster.
+    #[cfg(feature = "kubernetes")]
+    Render(kubernetes::RenderArgs),
 }
 
 /// Knative's config-autoscaler, as flags (`siesta up` and the cluster gateway).
@@ -409,6 +413,8 @@ fn main() -> Result<()> {
         Command::Status { port, host, json } => status::print(SocketAddr::new(host, port), json),
         #[cfg(feature = "kubernetes")]
         Command::Crd(args) => kubernetes::print_crd(args),
+        #[cfg(feature = "kubernetes")]
+        Command::Render(args) => kubernetes::render(args),
         #[cfg(feature = "kubernetes")]
         Command::Controller(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -95,12 +95,16 @@ fn labels(isvc: &InferenceService, kind: Kind) -> BTreeMap<String, String> {
 
 /// Name, namespace, labels, and the InferenceService as owner, so deleting it deletes them.
 fn metadata(isvc: &InferenceService, kind: Kind, s: &Settings) -> Value {
-    json!({
+    let mut m = json!({
         "name": object_name(isvc, kind),
         "namespace": isvc.namespace(),
         "labels": labels(isvc, kind),
-        "ownerReferences": owner(isvc, s),
-    })
+    });
+    // Only an object from the API server has a uid to own by (`siesta render` works offline).
+    if isvc.uid().is_some() {
+        m["ownerReferences"] = owner(isvc, s);
+    }
+    m
 }
 
 fn owner(isvc: &InferenceService, s: &Settings) -> Value {
@@ -330,6 +334,43 @@ pub fn service(isvc: &InferenceService, kind: Kind, s: &Settings) -> Service {
         },
     });
     serde_json::from_value(value).expect("a well-formed Service")
+}
+
+/// What the controller applies for one InferenceService given as YAML (several documents
+/// allowed), as YAML documents: `siesta render`, for review and for offline schema checks. A
+/// manifest without a namespace goes to `default`; there is no owner reference (no uid yet).
+pub fn render(yaml: &str, s: &Settings) -> Result<String, ControllerError> {
+    use serde::Deserialize;
+    let mut out = String::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let mut value = Value::deserialize(doc).map_err(|e| ControllerError::Invalid {
+            name: "(manifest)".into(),
+            reason: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        if value["metadata"]["namespace"].is_null() {
+            value["metadata"]["namespace"] = json!("default");
+        }
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(value).map_err(|e| ControllerError::Invalid {
+                name: "(manifest)".into(),
+                reason: e.to_string(),
+            })?;
+        let isvc = crate::controller::parse(&obj)?;
+        for (kind, c) in components(&isvc) {
+            let objects = [
+                serde_json::to_value(deployment(&isvc, kind, c, s)?),
+                serde_json::to_value(service(&isvc, kind, s)),
+            ];
+            for o in objects {
+                out.push_str("---\n");
+                out.push_str(&serde_yaml::to_string(&o.expect("serializable")).expect("YAML"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
