@@ -14,4 +14,14 @@ pub enum KernelError {
     Transform(String),
     #[error("output buffer holds {got} values; the batch needs {want}")]
     Output { got: usize, want: usize },
+    #[error("no CUDA driver on this machine (looked for {0})")]
+    NoDriver(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("images in one GPU batch must have one size: image {index} is {got}, the first {want}")]
+    MixedSizes {
+        index: usize,
+        got: String,
+        want: String,
+    },
 }

@@ -5,6 +5,8 @@
 //! versions are the reference the GPU ones are checked against, and what the image transformer
 //! and CPU replicas run.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod preprocess;
 pub mod topk;

@@ -68,10 +68,10 @@ pub struct ImageTransform {
 
 /// For one output coordinate: the two source pixels and the weight of the second.
 #[derive(Debug, Clone, Copy)]
-struct Tap {
-    lo: usize,
-    hi: usize,
-    frac: f32,
+pub(crate) struct Tap {
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    pub(crate) frac: f32,
 }
 
 impl ImageTransform {
@@ -122,7 +122,7 @@ impl ImageTransform {
     }
 
     /// Source taps for each output row and column, or an error when the crop does not fit.
-    fn taps(&self, img: &ImageU8) -> Result<(Vec<Tap>, Vec<Tap>), KernelError> {
+    pub(crate) fn taps(&self, img: &ImageU8) -> Result<(Vec<Tap>, Vec<Tap>), KernelError> {
         self.validate()?;
         if img.channels != self.channels() {
             return Err(KernelError::Channels {
@@ -171,6 +171,18 @@ impl ImageTransform {
         Ok(())
     }
 
+    /// (v / 255 - mean) / std as one multiply-add per value: the per-channel factors.
+    pub(crate) fn scale_bias(&self) -> (Vec<f32>, Vec<f32>) {
+        let scale = self.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+        let bias = self
+            .mean
+            .iter()
+            .zip(&self.std)
+            .map(|(m, s)| -m / s)
+            .collect();
+        (scale, bias)
+    }
+
     /// Normalised f32 output for one image; `out` holds exactly [`Self::output_len`] values.
     pub fn apply_f32(
         &self,
@@ -178,14 +190,7 @@ impl ImageTransform {
         layout: Layout,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        // (v / 255 - mean) / std as one multiply-add per value.
-        let scale: Vec<f32> = self.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let bias: Vec<f32> = self
-            .mean
-            .iter()
-            .zip(&self.std)
-            .map(|(m, s)| -m / s)
-            .collect();
+        let (scale, bias) = self.scale_bias();
         let len = out.len();
         self.for_each_output(img, layout, len, |i, ch, v| {
             out[i] = v * scale[ch] + bias[ch]
