@@ -50,6 +50,18 @@ cargo clippy --all-targets --features kubernetes -- -D warnings
 cargo test --features kubernetes --test kubernetes_scaling
 SIESTA_BIN="$ROOT/target/debug/siesta" PATH="$PATH:$ROOT/.venv/bin" "$ROOT/.venv/bin/python" scripts/validate_deploy.py
 
+echo "== CUDA (--features cuda): kernels compiled by nvcc (CUDA 13.0.2 from PyPI), CPU fallback without a driver"
+# Compile-only for the GPU code: no machine that runs this has a GPU (benches/gpu/check.sh runs
+# the GPU side on one). nvcc, its headers and cudart headers: about 300 MB.
+[ -x "$ROOT/.venv-cuda/bin/pip" ] || python3 -m venv "$ROOT/.venv-cuda"
+"$ROOT/.venv-cuda/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[nvcc,crt,nvvm,cccl,cudart]==13.0.2"
+CUDA_HOME=$(echo "$ROOT"/.venv-cuda/lib/python3*/site-packages/nvidia/cu13)
+export CUDA_HOME
+cargo clippy --all-targets --features cuda -- -D warnings
+cargo test -p siesta-kernels --features cuda
+cargo test --features cuda --test cuda_build_on_cpu
+unset CUDA_HOME
+
 echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
 # tch 0.24 pins libtorch 2.11.0, taken from PyPI's torch wheel (about 2.7 GB with its CUDA
 # libraries; there is no CPU-only wheel on PyPI).

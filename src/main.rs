@@ -1,6 +1,8 @@
 //! The `siesta` binary.
 
 mod decide;
+#[cfg(feature = "cuda")]
+mod gpu_probe;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod simulate;
@@ -452,6 +454,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            #[cfg(feature = "cuda")]
+            gpu_probe::report(args.device);
             let cfg = serve_config(*args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -22,9 +22,12 @@ fn cuda(e: impl std::fmt::Display) -> KernelError {
     KernelError::Cuda(e.to_string())
 }
 
+/// The names the NVIDIA driver installs its library under.
+const DRIVER_LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
+
 /// Whether the NVIDIA driver library can be loaded here (cudarc panics if it cannot).
 pub fn driver_present() -> bool {
-    cudarc::get_lib_name_candidates("cuda")
+    DRIVER_LIBRARIES
         .iter()
         // SAFETY: loading libcuda runs only the driver's own initialisers.
         .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
@@ -49,9 +52,7 @@ pub struct CudaKernels {
 impl CudaKernels {
     pub fn new(ordinal: usize) -> Result<Self, KernelError> {
         if !driver_present() {
-            return Err(KernelError::NoDriver(
-                cudarc::get_lib_name_candidates("cuda").join(", "),
-            ));
+            return Err(KernelError::NoDriver(DRIVER_LIBRARIES.join(", ")));
         }
         // Belt and braces: a driver that loads but cannot initialise must not take the
         // process down either.

@@ -1,0 +1,28 @@
+//! What a `cuda` build finds when it starts: the NVIDIA driver and GPUs (through NVML, which
+//! creates no CUDA context and so holds no device memory), or one line saying it serves on CPU.
+
+use siesta_models::DeviceSpec;
+
+pub fn report(device: DeviceSpec) {
+    if device == DeviceSpec::Cpu {
+        return;
+    }
+    if !siesta_kernels::cuda::driver_present() {
+        tracing::warn!(
+            device = %device,
+            "built with CUDA, but this machine has no NVIDIA driver (libcuda.so.1): serving on the CPU"
+        );
+        return;
+    }
+    let gpus = nvml_wrapper::Nvml::init().and_then(|nvml| {
+        (0..nvml.device_count()?)
+            .map(|i| nvml.device_by_index(i)?.name())
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match gpus {
+        Ok(names) => {
+            tracing::info!(gpus = ?names, "NVIDIA driver found; Siesta's fused CUDA kernels can run")
+        }
+        Err(e) => tracing::warn!(error = %e, "NVIDIA driver found, but NVML cannot list the GPUs"),
+    }
+}
