@@ -58,8 +58,14 @@ echo "== CUDA (--features cuda): kernels compiled by nvcc (CUDA 13.0.2 from PyPI
 CUDA_HOME=$(echo "$ROOT"/.venv-cuda/lib/python3*/site-packages/nvidia/cu13)
 export CUDA_HOME
 cargo clippy --all-targets --features cuda -- -D warnings
+cargo clippy -p siesta-kernels --all-targets --features cuda -- -D warnings
 cargo test -p siesta-kernels --features cuda
 cargo test --features cuda --test cuda_build_on_cpu
+# The one-run GPU check's dry run: the payload starts without a GPU and says so.
+cargo build -p siesta-kernels --features cuda --example gpu-check
+GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" bash benches/gpu/check.sh "$ROOT/target/gpu-check-dry-run" |
+  tee "$ROOT/target/gpu-check-dry-run.log"
+grep -q "DRY RUN: no GPU found" "$ROOT/target/gpu-check-dry-run.log"
 unset CUDA_HOME
 
 echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
