@@ -41,7 +41,12 @@ impl LiveAutoscaler {
             },
             now,
         );
-        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        // The first sample after a whole second: one taken at start would be a report over no
+        // time, read as "no demand" although nothing was measured yet.
+        let mut every_second = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         let mut tick = tokio::time::interval(s.decider.tick);
         let mut requeue: Option<tokio::time::Instant> = None;
         // Demand already recorded when a request woke a component at zero; the next periodic
@@ -88,6 +93,12 @@ impl LiveAutoscaler {
                 })),
                 _ => None,
             };
+            if decision.is_none() && ready > 0 {
+                // No demand data yet, but replicas already serve: a gateway restarted in a
+                // cluster adopts them as they are instead of falling back to the initial scale
+                // (which would cut a busy Deployment down to one replica).
+                continue;
+            }
             let outcome = reconciler.reconcile(now, decision, ready);
             requeue = outcome
                 .requeue_after
@@ -128,5 +139,94 @@ impl LiveAutoscaler {
                 tracing::debug!(component = %name, replicas = n, ?decision, condition = ?outcome.condition, "scaled");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use parking_lot::Mutex;
+    use tokio::sync::watch;
+
+    use super::LiveAutoscaler;
+    use crate::backend::{
+        BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate,
+    };
+    use crate::gateway::pool::Pool;
+    use crate::manifest::{ClusterDefaults, parse};
+
+    /// Records what the autoscaler asks for.
+    #[derive(Default)]
+    struct Recorder {
+        asked: Mutex<Vec<u32>>,
+    }
+
+    impl ReplicaBackend for Recorder {
+        fn register(&self, _: &ComponentKey, _: ReplicaTemplate) {}
+        fn scale(&self, _: &ComponentKey, replicas: u32) -> Result<(), BackendError> {
+            self.asked.lock().push(replicas);
+            Ok(())
+        }
+        fn endpoints(
+            &self,
+            key: &ComponentKey,
+        ) -> Result<watch::Receiver<Vec<Endpoint>>, BackendError> {
+            Err(BackendError::Unknown(key.to_string()))
+        }
+        fn status(&self, _: &ComponentKey) -> Result<BackendStatus, BackendError> {
+            Ok(BackendStatus::default())
+        }
+        fn shutdown(&self) -> futures::future::BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_autoscaler_leaves_serving_replicas_alone_until_it_has_data() {
+        let isvc = parse(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: m}\n\
+             spec:\n  predictor:\n    minReplicas: 0\n    maxReplicas: 5\n    scaleTarget: 1\n    \
+             model: {modelFormat: {name: siesta}, storageUri: siesta://mnist}\n",
+            &ClusterDefaults::default(),
+        )
+        .unwrap()
+        .remove(0);
+        let serving: Vec<Endpoint> = (1..=3)
+            .map(|i| Endpoint {
+                replica: format!("m-{i}"),
+                addr: format!("10.0.0.{i}:8080").parse().unwrap(),
+                grpc: None,
+                gpu: None,
+                pid: None,
+            })
+            .collect();
+        let (_tx, rx) = watch::channel(serving);
+        let key = ComponentKey {
+            service: "m".into(),
+            kind: isvc.predictor.kind,
+        };
+        let pool = Pool::new(key, 0, 100, rx);
+        let backend = Arc::new(Recorder::default());
+        let task = tokio::spawn(
+            LiveAutoscaler {
+                pool,
+                backend: backend.clone(),
+                scaling: isvc.predictor.scaling.clone(),
+                enable_scale_to_zero: true,
+            }
+            .run(),
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            backend.asked.lock().is_empty(),
+            "no data yet: the three serving replicas are not cut to the initial scale of one"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let asked = backend.asked.lock().clone();
+        assert!(!asked.is_empty(), "with data it decides");
+        task.abort();
     }
 }
