@@ -364,19 +364,7 @@ async fn a_deployment_scales_from_zero_to_five_under_hey_and_back_to_zero_losing
     let url = format!("{}/v2/models/flowers-sample/infer", cluster.gateway);
     let dir = tempfile::tempdir().unwrap();
     let body = common::mnist_body_file(dir.path());
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(std::fs::read(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let held: f64 = resp.headers()["x-siesta-held-ms"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let held = common::post_held_ms(&url, &body).await;
     assert!(held > 0.0, "the request waited for a replica");
     // One request against target 1 at Knative's 70 % utilisation: ceil(1 / 0.7) = 2 replicas
     // (knative/serving#8682 reports the same extra pod).

@@ -165,19 +165,7 @@ async fn scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
     // A request at zero is held until a replica is ready, then served.
     let dir = tempfile::tempdir().unwrap();
     let body = common::mnist_body_file(dir.path());
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(std::fs::read(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let held: f64 = resp.headers()["x-siesta-held-ms"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let held = common::post_held_ms(&url, &body).await;
     assert!(held > 0.0, "the request waited for a replica");
 
     // hey -c 5 against target 1: five replicas, never more than maxReplicas.

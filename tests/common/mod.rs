@@ -13,8 +13,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// `siesta serve` on 127.0.0.1 with ports 0 plus `args`; waits for the listening line.
+    /// `siesta serve` on 127.0.0.1 with ports 0 plus `args` (on the CPU unless they name a
+    /// `--device`); waits for the listening line.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_logging(args, "warn", Stdio::inherit())
+    }
+
+    /// As [`Server::start`], with the log level and where the log goes.
+    pub fn start_logging(args: &[&str], rust_log: &str, stderr: Stdio) -> Server {
+        let device: &[&str] = if args.contains(&"--device") {
+            &[]
+        } else {
+            &["--device", "cpu"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_siesta"))
             .args([
                 "serve",
@@ -24,13 +35,12 @@ impl Server {
                 "0",
                 "--grpc-port",
                 "0",
-                "--device",
-                "cpu",
             ])
+            .args(device)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start siesta");
         let stdout = child.stdout.take().expect("stdout");
@@ -218,4 +228,22 @@ pub fn hey(args: &[&str], body: &std::path::Path, url: &str) -> Vec<String> {
         .skip(1)
         .filter_map(|l| l.split(',').nth(6).map(str::to_string))
         .collect()
+}
+
+/// Posts the body file to `url` through a gateway, expects 200, and returns how long the gateway
+/// held the request for a replica (`x-siesta-held-ms`).
+pub async fn post_held_ms(url: &str, body: &std::path::Path) -> f64 {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(std::fs::read(body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-siesta-held-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
