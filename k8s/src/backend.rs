@@ -54,7 +54,8 @@ pub struct PodView {
     pub name: String,
     pub created: Timestamp,
     pub ready: bool,
-    /// Being deleted (it drains; it no longer counts).
+    /// Being deleted (it drains), or finished (`Failed`, e.g. evicted, or `Succeeded`): it no
+    /// longer counts, and must not hold a component up as "starting".
     pub deleting: bool,
     /// The scheduler's reason while it has no node (`0/3 nodes are available: ...`).
     pub unschedulable: Option<String>,
@@ -76,7 +77,11 @@ impl PodView {
                 .as_ref()
                 .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
             ready: condition("Ready").is_some_and(|c| c.status == "True"),
-            deleting: p.metadata.deletion_timestamp.is_some(),
+            deleting: p.metadata.deletion_timestamp.is_some()
+                || matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Failed" | "Succeeded")
+                ),
             unschedulable: condition("PodScheduled")
                 .filter(|c| c.status == "False")
                 .map(|c| {
@@ -564,6 +569,20 @@ mod tests {
         assert_eq!((p.replicas, p.ready, p.starting), (1, 0, 1));
         assert!(p.pending.unwrap().contains("pod new starting for 20 s"));
         assert_eq!(plan(2, &[], at(0), DEADLINE).replicas, 2);
+    }
+
+    #[test]
+    fn an_evicted_pod_does_not_hold_a_component_up() {
+        let evicted: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m-1", "creationTimestamp": "2027-01-15T08:00:00Z"},
+            "status": {"phase": "Failed", "reason": "Evicted",
+                       "conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .unwrap();
+        let v = PodView::from_pod(&evicted);
+        assert!(v.deleting && !v.ready);
+        let p = plan(0, &[v], at(60), DEADLINE);
+        assert_eq!((p.replicas, p.starting), (0, 0));
     }
 
     fn slice(value: serde_json::Value) -> EndpointSlice {
