@@ -247,3 +247,25 @@ pub async fn post_held_ms(url: &str, body: &std::path::Path) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Runs hey off the async runtime, checks that every request it sent got a 200, and returns how
+/// many it sent.
+pub async fn hey_all_ok(args: &[&str], body: &std::path::Path, url: &str) -> usize {
+    let (args, body, url): (Vec<String>, _, _) = (
+        args.iter().map(|a| a.to_string()).collect(),
+        body.to_path_buf(),
+        url.to_string(),
+    );
+    let codes = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hey(&args, &body, &url)
+    })
+    .await
+    .unwrap();
+    assert!(!codes.is_empty(), "hey sent nothing");
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "every request succeeded: {codes:?}"
+    );
+    codes.len()
+}
