@@ -3,13 +3,18 @@
 
 use siesta_models::DeviceSpec;
 
+/// Logs what was found from a background thread: loading the driver and NVML takes time that
+/// must not come out of the replica's cold start.
 pub fn report(device: DeviceSpec) {
     if device == DeviceSpec::Cpu {
         return;
     }
+    std::thread::spawn(probe);
+}
+
+fn probe() {
     if !siesta_kernels::cuda::driver_present() {
         tracing::warn!(
-            device = %device,
             "built with CUDA, but this machine has no NVIDIA driver (libcuda.so.1): serving on the CPU"
         );
         return;

@@ -6,6 +6,9 @@
 //!
 //! `gpu-check RESULTS.json`
 
+#[path = "../../kernels/tests/support/mod.rs"]
+mod support;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -19,18 +22,6 @@ const HEIGHT: usize = 375;
 const WIDTH: usize = 500;
 const CLASSES: usize = 1000;
 const ROWS: usize = 256;
-
-fn pixels(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 56) as u8
-        })
-        .collect()
-}
 
 /// Median seconds of `f` over `iters` runs after one warm-up.
 fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -77,13 +68,13 @@ fn main() -> Result<()> {
         std: vec![0.229, 0.224, 0.225],
     };
     let data: Vec<Vec<u8>> = (0..BATCH)
-        .map(|i| pixels(HEIGHT * WIDTH * 3, i as u64))
+        .map(|i| support::pixels(HEIGHT * WIDTH * 3, i as u64))
         .collect();
     let images: Vec<ImageU8> = data
         .iter()
         .map(|d| ImageU8::new(d, HEIGHT as u32, WIDTH as u32, 3))
         .collect::<Result<_, _>>()?;
-    let logits: Vec<f32> = pixels(ROWS * CLASSES, 99)
+    let logits: Vec<f32> = support::pixels(ROWS * CLASSES, 99)
         .iter()
         .map(|&b| b as f32 / 16.0 - 8.0)
         .collect();
