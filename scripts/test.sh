@@ -50,23 +50,35 @@ cargo clippy --all-targets --features kubernetes -- -D warnings
 cargo test --features kubernetes --test kubernetes_scaling
 SIESTA_BIN="$ROOT/target/debug/siesta" PATH="$PATH:$ROOT/.venv/bin" "$ROOT/.venv/bin/python" scripts/validate_deploy.py
 
-echo "== CUDA (--features cuda): kernels compiled by nvcc (CUDA 13.0.2 from PyPI), CPU fallback without a driver"
+echo "== CUDA (--features cuda): candle's CUDA backend and Siesta's kernels (nvcc, CUDA 13.0.2 from PyPI), CPU fallback without a driver"
 # Compile-only for the GPU code: no machine that runs this has a GPU (benches/gpu/check.sh runs
-# the GPU side on one). nvcc, its headers and cudart headers: about 300 MB.
+# the GPU side on one). nvcc, its headers, cudart: about 300 MB. candle's kernels crate compiles
+# its .cu files with nvcc for sm_90 (CUDA_COMPUTE_CAP, else it asks nvidia-smi): about 9 min on 2
+# cores, once; cudarc reads the CUDA version from `nvcc --version` on PATH.
 [ -x "$ROOT/.venv-cuda/bin/pip" ] || python3 -m venv "$ROOT/.venv-cuda"
 "$ROOT/.venv-cuda/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[nvcc,crt,nvvm,cccl,cudart]==13.0.2"
 CUDA_HOME=$(echo "$ROOT"/.venv-cuda/lib/python3*/site-packages/nvidia/cu13)
-export CUDA_HOME
+export CUDA_HOME CUDA_COMPUTE_CAP=90
+OLD_PATH=$PATH
+export PATH="$CUDA_HOME/bin:$PATH"
 cargo clippy --all-targets --features cuda -- -D warnings
 cargo clippy -p siesta-kernels --all-targets --features cuda -- -D warnings
 cargo test -p siesta-kernels --features cuda
-cargo test --features cuda --test cuda_build_on_cpu
-# The one-run GPU check's dry run: the payload starts without a GPU and says so.
+# Also builds target/debug/bench-engine with `cuda` (the tests need the package's binaries), in
+# the same feature resolution as the clippy run above: a `cargo build` without dev-dependencies
+# would resolve the build scripts' dependencies differently and run candle's nvcc build again.
+cargo test --features cuda --test cuda_build_on_cpu --test cuda_device
+# The `cuda` binary must start without a driver: no CUDA library may be NEEDED (vendor/README.md).
+if readelf -d target/debug/siesta | grep NEEDED | grep -E 'libcu|libnv'; then
+  echo "a --features cuda build links a CUDA library at load time" >&2
+  exit 1
+fi
+# The one-run GPU check's payload, in debug; its dry run comes with the torch stage below (it
+# needs torch + torchvision to write the model).
 cargo build -p siesta-kernels --features cuda --example gpu-check
-GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" bash benches/gpu/check.sh "$ROOT/target/gpu-check-dry-run" |
-  tee "$ROOT/target/gpu-check-dry-run.log"
-grep -q "DRY RUN: no GPU found" "$ROOT/target/gpu-check-dry-run.log"
-unset CUDA_HOME
+cp target/debug/bench-engine target/debug/bench-engine-cuda
+export PATH=$OLD_PATH
+unset CUDA_HOME CUDA_COMPUTE_CAP
 
 echo "== TorchScript engine (--features torch) and candle classifiers against PyTorch 2.11.0"
 # tch 0.24 pins libtorch 2.11.0, taken from PyPI's torch wheel (about 2.7 GB with its CUDA
@@ -83,4 +95,11 @@ cargo test --features torch --test serve_engines
 cargo build --features torch --bin siesta
 (cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py \
   test_torchserve_archive.py)
+
+echo "== GPU check, dry run: the payload starts without a GPU, says so, and runs Siesta's engines on the CPU"
+GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" BENCH_ENGINE_BIN="$ROOT/target/debug/bench-engine-cuda" \
+  CHECK_PYTHON="$TORCH_VENV/bin/python" bash benches/gpu/check.sh "$ROOT/target/gpu-check-dry-run" |
+  tee "$ROOT/target/gpu-check-dry-run.log"
+grep -q "DRY RUN: no GPU found" "$ROOT/target/gpu-check-dry-run.log"
+grep -q '"engine":"candle"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
 echo "== all tests passed"

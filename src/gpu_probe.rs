@@ -9,14 +9,18 @@ pub fn report(device: DeviceSpec) {
     if device == DeviceSpec::Cpu {
         return;
     }
-    std::thread::spawn(probe);
+    std::thread::spawn(move || probe(device));
 }
 
-fn probe() {
+fn probe(device: DeviceSpec) {
     if !siesta_kernels::cuda::driver_present() {
-        tracing::warn!(
-            "built with CUDA, but this machine has no NVIDIA driver (libcuda.so.1): serving on the CPU"
-        );
+        // With `cuda:N` the model load fails and says why; `auto` falls back, and this is the
+        // one line that says so.
+        if device == DeviceSpec::Auto {
+            tracing::warn!(
+                "built with CUDA, but this machine has no NVIDIA driver (libcuda.so.1): serving on the CPU"
+            );
+        }
         return;
     }
     let gpus = nvml_wrapper::Nvml::init().and_then(|nvml| {
@@ -26,7 +30,7 @@ fn probe() {
     });
     match gpus {
         Ok(names) => {
-            tracing::info!(gpus = ?names, "NVIDIA driver found; Siesta's fused CUDA kernels can run")
+            tracing::info!(gpus = ?names, %device, "NVIDIA driver found: candle models and Siesta's kernels run on the GPU")
         }
         Err(e) => tracing::warn!(error = %e, "NVIDIA driver found, but NVML cannot list the GPUs"),
     }

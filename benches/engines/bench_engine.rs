@@ -1,43 +1,139 @@
-//! Times one engine's forward pass on one model directory, for benches/engines_vs_pytorch.sh:
-//! loads the model as `siesta serve` would (same loader, `--runtime` forcing the engine), feeds
-//! the same random batch `iters` times after `warmup` passes, prints one JSON line of timings.
+//! Times one engine's forward pass on one model directory, for benches/engines_vs_pytorch.sh
+//! (CPU) and benches/gpu/check.sh (GPU): loads the model as `siesta serve` would (same loader,
+//! the engine forced), feeds the same pseudo-random batch `iters` times after `warmup` passes,
+//! prints one JSON line of timings.
 //!
-//! `bench-engine DIR ENGINE BATCH [ITERS] [WARMUP]`, ENGINE = candle | torch | onnx. Threads come
-//! from RAYON_NUM_THREADS (candle) and OMP_NUM_THREADS (libtorch reads it at start), set by the
-//! script.
+//! `bench-engine DIR ENGINE BATCH [ITERS] [WARMUP] [--device cuda:0] [--idle-tiers]`, ENGINE =
+//! candle | torch | onnx. Threads come from RAYON_NUM_THREADS (candle) and OMP_NUM_THREADS
+//! (libtorch reads it at start), set by the scripts.
+//!
+//! `--idle-tiers` then measures the model's idle tiers in the same process: the device memory it
+//! holds hot and parked (the engine's own count, and NVML's count for this process where there is
+//! a driver), and the time from "parked" back to the first answer.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use siesta_models::{DeviceSpec, Engine, LoadOptions, ModelSource, Tensor, load_model};
+use anyhow::Result;
+use clap::Parser;
+use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml};
+use siesta_models::{DeviceSpec, Engine, LoadOptions, Model, ModelSource, Tensor, load_model};
+
+#[derive(Parser)]
+struct Args {
+    dir: PathBuf,
+    engine: Engine,
+    batch: usize,
+    #[arg(default_value_t = 10)]
+    iters: usize,
+    #[arg(default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    #[arg(long)]
+    idle_tiers: bool,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, engine, batch, rest @ ..] = args.as_slice() else {
-        bail!("usage: bench-engine DIR candle|torch|onnx BATCH [ITERS] [WARMUP]");
-    };
-    let engine: Engine = engine.parse()?;
-    let batch: usize = batch.parse().context("BATCH")?;
-    let iters: usize = rest
-        .first()
-        .map_or(Ok(10), |s| s.parse())
-        .context("ITERS")?;
-    let warmup: usize = rest.get(1).map_or(Ok(2), |s| s.parse()).context("WARMUP")?;
-
+    let args = Args::parse();
     let opts = LoadOptions {
-        engine: Some(engine),
-        device: DeviceSpec::Cpu,
+        engine: Some(args.engine),
+        device: args.device,
         ..Default::default()
     };
     let started = Instant::now();
-    let mut model = load_model(&ModelSource::Dir(PathBuf::from(dir)), &opts)?;
-    let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let spec = model.config().inputs[0].clone();
+    let mut model = load_model(&ModelSource::Dir(args.dir.clone()), &opts)?;
+    let load_ms = ms_since(started);
+    let input = random_batch(model.as_ref(), args.batch);
+    let inputs = std::slice::from_ref(&input);
+
+    let first = Instant::now();
+    let mut checksum = forward_checksum(model.as_mut(), inputs)?;
+    let first_forward_ms = ms_since(first);
+    for _ in 0..args.warmup {
+        model.forward(inputs)?;
+    }
+    let mut ms = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        checksum = forward_checksum(model.as_mut(), inputs)?;
+        ms.push(ms_since(t));
+    }
+    ms.sort_by(f64::total_cmp);
+    let median_ms = ms.get(ms.len() / 2).copied();
+    let mut line = serde_json::json!({
+        "engine": format!("{:?}", args.engine).to_lowercase(),
+        "device": model.device_name(),
+        "batch": args.batch,
+        "iters": args.iters,
+        // Process start is outside; this is loader + weights to the device (CUDA init included).
+        "load_ms": load_ms,
+        "first_forward_ms": first_forward_ms,
+        "median_ms": median_ms,
+        "min_ms": ms.first(),
+        "images_per_s": median_ms.map(|m| args.batch as f64 / (m / 1e3)),
+        "checksum": checksum,
+    });
+    if args.idle_tiers {
+        line["idle_tiers"] = idle_tiers(model.as_mut(), inputs)?;
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// Hot -> parked -> first answer again, in this process.
+fn idle_tiers(model: &mut dyn Model, inputs: &[Tensor]) -> Result<serde_json::Value> {
+    let nvml = Nvml::probe();
+    let held = |model: &dyn Model| {
+        serde_json::json!({
+            "engine_device_bytes": model.device_memory_bytes(),
+            "nvml_process_bytes": nvml.as_ref().map(process_gpu_bytes),
+        })
+    };
+    let hot = held(model);
+    let t = Instant::now();
+    model.release_device_memory();
+    let release_ms = ms_since(t);
+    let parked = held(model);
+    let t = Instant::now();
+    model.restore_device_memory()?;
+    forward_checksum(model, inputs)?;
+    let resume_to_first_answer_ms = ms_since(t);
+    Ok(serde_json::json!({
+        "hot": hot,
+        "release_ms": release_ms,
+        "parked": parked,
+        "resume_to_first_answer_ms": resume_to_first_answer_ms,
+        "context_kept": true,
+    }))
+}
+
+/// What NVML says this process holds, summed over the GPUs.
+fn process_gpu_bytes(nvml: &Nvml) -> u64 {
+    let me = std::process::id();
+    nvml.gpus()
+        .iter()
+        .flat_map(|g| g.processes.iter())
+        .filter(|(pid, _)| *pid == me)
+        .map(|(_, bytes)| bytes)
+        .sum()
+}
+
+fn forward_checksum(model: &mut dyn Model, inputs: &[Tensor]) -> Result<f64> {
+    let out = model.forward(inputs)?;
+    Ok(out[0].to_f32_vec()?.iter().map(|&v| f64::from(v)).sum())
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The same pseudo-random batch for every engine (SplitMix64 -> roughly N(0, 1)).
+fn random_batch(model: &dyn Model, batch: usize) -> Tensor {
+    let spec = &model.config().inputs[0];
     let mut shape = vec![batch];
     shape.extend(spec.shape.iter().map(|&d| d as usize));
     let n: usize = shape.iter().product();
-    // The same pseudo-random batch for every engine (SplitMix64 -> roughly N(0, 1)).
     let mut state = 0x5EED_u64;
     let values: Vec<f32> = (0..n)
         .map(|_| {
@@ -52,31 +148,5 @@ fn main() -> Result<()> {
             (sum - 2.0) * 1.732
         })
         .collect();
-    let input = Tensor::from_f32(&spec.name, shape, &values);
-    let inputs = std::slice::from_ref(&input);
-    for _ in 0..warmup {
-        model.forward(inputs)?;
-    }
-    let mut ms = Vec::with_capacity(iters);
-    let mut checksum = 0.0f64;
-    for _ in 0..iters {
-        let t = Instant::now();
-        let out = model.forward(inputs)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-        checksum = out[0].to_f32_vec()?.iter().map(|&v| f64::from(v)).sum();
-    }
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "{}",
-        serde_json::json!({
-            "engine": format!("{engine:?}").to_lowercase(),
-            "batch": batch,
-            "iters": iters,
-            "load_ms": load_ms,
-            "median_ms": ms[ms.len() / 2],
-            "min_ms": ms[0],
-            "checksum": checksum,
-        })
-    );
-    Ok(())
+    Tensor::from_f32(&spec.name, shape, &values)
 }

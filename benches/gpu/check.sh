@@ -2,56 +2,119 @@
 # The one-run GPU check (issue 5). Built on a CPU machine with Rust, run on the GPU machine
 # (no Rust, no network there) within a few minutes:
 #
-#   bash benches/gpu/check.sh --build      # here: benches/gpu/bin/gpu-check (release, stripped)
-#   bash benches/gpu/check.sh OUT_DIR      # there: OUT_DIR/results.json (+ pytorch-resnet50.json)
+#   bash benches/gpu/check.sh --build      # here: benches/gpu/bin/{gpu-check,bench-engine}
+#   bash benches/gpu/check.sh OUT_DIR      # there: OUT_DIR/summary.json and the raw files
 #
 # On a machine without an NVIDIA driver the second command is a dry run that checks what it can
-# (the binary starts, the CPU references run, the results file is written) and says that no GPU
-# was found. GPU_CHECK_BIN overrides the binary (CI uses a debug build).
+# (the binaries start, the CPU references run, Siesta's engines run a small model on the CPU, the
+# results are written) and says that no GPU was found. GPU_CHECK_BIN, BENCH_ENGINE_BIN and
+# CHECK_PYTHON override the binaries and the Python (CI: debug builds and its torch venv).
 #
-# What it runs: every CUDA kernel against its CPU reference and timed against it (ratio, same
-# process); NVML's GPUs; PyTorch eager ResNet-50 fp16 at batch 1/32/256 from the machine's own
-# python3 torch (the baseline). Not yet: Siesta's ResNet-50 on the GPU and the idle tiers; the
-# results file lists them under not_measured_yet.
+# What it runs, all in this one script so the ratios compare runs on the same GPU:
+#  1. gpu-check: every CUDA kernel against its CPU reference, and timed against it; NVML's GPUs.
+#  2. PyTorch eager ResNet-50, fp16 and f32, batch 1/32/256 (the baseline), from python3's torch.
+#  3. Siesta's ResNet-50 through its own loader (bench-engine): candle on the GPU, and libtorch
+#     (tch) when the payload was built with LIBTORCH set; batch 1/32/256; torchvision's
+#     architecture with random weights written by models/vision/make_vision.py.
+#  4. Idle tiers of that model: device memory hot and parked (engine count and NVML), parked ->
+#     first answer, process start -> first answer (split: load incl. CUDA init, first forward),
+#     and NVML after the process exited.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN_DIR="$ROOT/benches/gpu/bin"
 
 if [ "${1:-}" = "--build" ]; then
   : "${CUDA_HOME:?set CUDA_HOME to a CUDA 13 toolkit (scripts/test.sh installs one in .venv-cuda)}"
+  # candle's kernels: nvcc from PATH, for the H100/H200 (sm_90) without asking nvidia-smi.
+  export PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+  features=cuda
+  if [ -n "${LIBTORCH:-}" ]; then
+    features=cuda,torch
+  else
+    echo "LIBTORCH is not set: bench-engine without the tch engine (set it to a torch 2.11.0 wheel's torch/)"
+  fi
   cargo build --release -p siesta-kernels --features cuda --example gpu-check
+  cargo build --release --features "$features" --bin bench-engine
   mkdir -p "$BIN_DIR"
-  cp "$ROOT/target/release/examples/gpu-check" "$BIN_DIR/gpu-check"
-  strip "$BIN_DIR/gpu-check"
-  ls -l "$BIN_DIR/gpu-check"
+  cp "$ROOT/target/release/examples/gpu-check" "$ROOT/target/release/bench-engine" "$BIN_DIR/"
+  strip "$BIN_DIR/gpu-check" "$BIN_DIR/bench-engine"
+  ls -l "$BIN_DIR"
   exit 0
 fi
 
 OUT=${1:?usage: check.sh --build | check.sh OUT_DIR}
 mkdir -p "$OUT"
 BIN=${GPU_CHECK_BIN:-$BIN_DIR/gpu-check}
-[ -x "$BIN" ] || { echo "no $BIN: run 'bash benches/gpu/check.sh --build' on a machine with Rust first" >&2; exit 2; }
-size=$(stat -c %s "$BIN")
-echo "payload: $BIN, $((size / 1024)) KiB (limit 60 MiB)"
-[ "$size" -lt $((60 * 1024 * 1024)) ] || { echo "payload over 60 MiB" >&2; exit 1; }
+ENGINE_BIN=${BENCH_ENGINE_BIN:-$BIN_DIR/bench-engine}
+PY=${CHECK_PYTHON:-python3}
+for b in "$BIN" "$ENGINE_BIN"; do
+  [ -x "$b" ] || { echo "no $b: run 'bash benches/gpu/check.sh --build' on a machine with Rust first" >&2; exit 2; }
+done
+size=$(($(stat -c %s "$BIN") + $(stat -c %s "$ENGINE_BIN")))
+echo "payload: $BIN + $ENGINE_BIN, $((size / 1024)) KiB (limit 60 MiB)"
+[ "$size" -lt $((60 * 1024 * 1024)) ] || [ -n "${GPU_CHECK_BIN:-}" ] || { echo "payload over 60 MiB" >&2; exit 1; }
 
-# The machine's own CUDA libraries (torch 2.11.0+cu130's wheels), for anything beyond the driver.
-if py_libs=$(python3 -c 'import os, torch; d=os.path.dirname(torch.__file__); print(d + "/lib:" + os.path.dirname(d) + "/nvidia/cu13/lib")' 2>/dev/null); then
+# The machine's own CUDA libraries (torch 2.11.0+cu130's wheels): cuBLAS & co. for candle,
+# libtorch for tch.
+if py_libs=$("$PY" -c 'import os, torch; d=os.path.dirname(torch.__file__); print(d + "/lib:" + os.path.dirname(d) + "/nvidia/cu13/lib")' 2>/dev/null); then
   export LD_LIBRARY_PATH="$py_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "python3 torch found: libraries from $py_libs"
+  echo "torch found: libraries from $py_libs"
 else
-  echo "python3 has no torch: the PyTorch baseline is skipped"
+  echo "$PY has no torch: the PyTorch baseline and Siesta's ResNet-50 are skipped"
 fi
 
+# 1. Kernels.
 CHECK_DATE=$(date -u +%F) timeout 300 "$BIN" "$OUT/results.json"
+DRY=0
+grep -q '"dry_run": true' "$OUT/results.json" && DRY=1
 
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  timeout 240 python3 "$ROOT/benches/gpu/pytorch_resnet50.py" "$OUT/pytorch-resnet50.json"
+# 2. PyTorch baseline.
+if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  timeout 240 "$PY" "$ROOT/benches/gpu/pytorch_resnet50.py" "$OUT/pytorch-resnet50.json"
 else
   echo "no CUDA-capable PyTorch here: PyTorch baseline skipped"
 fi
-if grep -q '"dry_run": true' "$OUT/results.json"; then
-  echo "DRY RUN: no GPU found; $OUT/results.json holds the CPU references only"
+
+# 3 and 4. Siesta's engines. A dry run takes a small model at batch 1 on the CPU: it checks the
+# path, not the speed.
+if [ "$DRY" = 1 ]; then
+  ARCH=resnet18 DEVICE=cpu BATCHES=1 ITERS=1 WARMUP=0
 else
-  echo "GPU check done: $OUT/results.json (commit it under benches/results/ with the date and GPU name)"
+  ARCH=resnet50 DEVICE=cuda:0 BATCHES="1 32 256" ITERS=20 WARMUP=3
+fi
+: >"$OUT/siesta.jsonl"
+if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
+  "$PY" "$ROOT/models/vision/make_vision.py" --arch "$ARCH" --out "$OUT/$ARCH" --format pth --torchscript >/dev/null
+  for engine in candle torch; do
+    for batch in $BATCHES; do
+      if ! RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" "$batch" "$ITERS" "$WARMUP" --device "$DEVICE" \
+        >>"$OUT/siesta.jsonl" 2>"$OUT/bench-engine.err"; then
+        echo "{\"engine\": \"$engine\", \"batch\": $batch, \"skipped\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()[-300:]))' <"$OUT/bench-engine.err")}" >>"$OUT/siesta.jsonl"
+        break
+      fi
+    done
+  done
+  # Process start -> first answer (one batch-1 pass, no warm-up), then the idle tiers.
+  for run in 1 2 3; do
+    start=$(date +%s%N)
+    line=$(timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 0 0 --device "$DEVICE")
+    end=$(date +%s%N)
+    echo "{\"cold_start\": $run, \"process_wall_ms\": $(((end - start) / 1000000)), \"run\": $line}" >>"$OUT/siesta.jsonl"
+  done
+  timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 3 1 --device "$DEVICE" --idle-tiers >>"$OUT/siesta.jsonl" &
+  idle_pid=$!
+  wait "$idle_pid"
+  if command -v nvidia-smi >/dev/null; then
+    held=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | awk -F', ' -v p="$idle_pid" '$1 == p {print $2}')
+    echo "{\"exited\": {\"pid\": $idle_pid, \"nvidia_smi_mib\": ${held:-0}}}" >>"$OUT/siesta.jsonl"
+  fi
+else
+  echo "$PY has no torch + torchvision: Siesta's ResNet-50 skipped" | tee "$OUT/siesta-skipped.txt"
+fi
+
+"$PY" "$ROOT/benches/gpu/summarize.py" "$OUT" | tee "$OUT/summary.txt"
+if [ "$DRY" = 1 ]; then
+  echo "DRY RUN: no GPU found; $OUT holds the CPU references and a CPU pass of Siesta's engines only"
+else
+  echo "GPU check done: $OUT/summary.json (commit it under benches/results/ with the date and GPU name)"
 fi

@@ -105,10 +105,11 @@ fn main() -> Result<()> {
             "preprocess_images_per_s": BATCH as f64 / cpu_pre_s,
             "softmax_top5_rows_per_s": ROWS as f64 / cpu_top_s,
         },
+        // check.sh measures Siesta's ResNet-50 (f32) and its idle tiers next to this file.
         "not_measured_yet": [
-            "ResNet-50 images/s with Siesta tch fp16 and candle fp16 vs PyTorch eager fp16 (issue 5 item 5; \
-             check.sh measures the PyTorch baseline alone)",
-            "idle tiers hot -> parked -> exited: device memory per tier, resume and cold-start times (issue 5 item 4)"
+            "Siesta's engines in fp16: candle and tch run ResNet-50 in f32; the like-for-like ratio is \
+             against PyTorch eager f32 (its fp16 figure is the issue's goal line)",
+            "parked with the CUDA context destroyed (the context is kept: resume <= 10 ms is the goal)"
         ],
     });
 

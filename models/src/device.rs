@@ -40,8 +40,9 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The candle device. This build has no CUDA backend (the `cuda` feature arrives with the GPU
-    /// work), so `cuda:N` is a clear error and `auto` falls back to the CPU with one log line.
+    /// The candle device. Without the `cuda` feature `cuda:N` is a clear error and `auto` falls
+    /// back to the CPU with one log line.
+    #[cfg(not(feature = "cuda"))]
     pub fn resolve(self) -> Result<candle_core::Device, ModelError> {
         match self {
             DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
@@ -57,5 +58,53 @@ impl DeviceSpec {
                 Ok(candle_core::Device::Cpu)
             }
         }
+    }
+
+    /// The candle device. `auto` is the first GPU when the driver opens one, else the CPU (the
+    /// binary's start-up report says why, once); `cuda:N` without a usable GPU is an error.
+    #[cfg(feature = "cuda")]
+    pub fn resolve(self) -> Result<candle_core::Device, ModelError> {
+        match self {
+            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(n) => {
+                cuda::open(n).map_err(|why| ModelError::Device(self.to_string(), why))
+            }
+            DeviceSpec::Auto => match cuda::open(0) {
+                Ok(device) => Ok(device),
+                Err(why) => {
+                    tracing::debug!(%why, "no usable GPU; using the CPU");
+                    Ok(candle_core::Device::Cpu)
+                }
+            },
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use candle_core::Device;
+
+    /// One candle CUDA device (context + stream) per GPU per process: every model on a GPU
+    /// shares it, and a parked model that comes back finds the context still there.
+    static OPENED: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+
+    pub fn open(ordinal: usize) -> Result<Device, String> {
+        // cudarc loads libcuda at run time and panics when it is missing: ask first.
+        if !siesta_kernels::cuda::driver_present() {
+            return Err("this machine has no NVIDIA driver (libcuda.so.1)".into());
+        }
+        let mut opened = OPENED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(device) = opened.get(&ordinal) {
+            return Ok(device.clone());
+        }
+        let device = Device::new_cuda(ordinal).map_err(|e| e.to_string())?;
+        opened.insert(ordinal, device.clone());
+        Ok(device)
     }
 }

@@ -49,9 +49,13 @@ impl<M> ResidentWeights<M> {
         let mut on_device = HashMap::with_capacity(self.host.len());
         let mut bytes = 0u64;
         for (name, t) in &self.host {
-            // A deep copy even on the CPU, so that "released" really returns the device copy's
-            // memory and resuming really pays for the transfer, as it would on a GPU.
-            let t = t.to_device(&self.device)?.copy()?;
+            // On the CPU a deep copy, so that "released" really returns the device copy's memory
+            // and resuming really pays for the transfer, as it does on a GPU.
+            let t = if self.device.is_cpu() {
+                t.copy()?
+            } else {
+                t.to_device(&self.device)?
+            };
             bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
             on_device.insert(name.clone(), t);
         }
@@ -61,7 +65,13 @@ impl<M> ResidentWeights<M> {
     }
 
     pub fn release(&mut self) {
-        self.built = None;
+        if self.built.take().is_some() {
+            // CUDA frees into the stream's memory pool; the pool hands memory back to the driver
+            // (what NVML shows) at the next synchronisation.
+            if let Err(e) = self.device.synchronize() {
+                tracing::warn!(error = %e, "device synchronise after releasing weights failed");
+            }
+        }
     }
 
     pub fn device_bytes(&self) -> u64 {

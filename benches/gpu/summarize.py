@@ -1,0 +1,77 @@
+"""Puts one GPU check's files together (benches/gpu/check.sh): Siesta's engines against PyTorch
+eager at the same batch on the same GPU (ratio of images/s; > 1 = Siesta faster), the idle tiers
+and the cold start, next to the kernel checks. Writes OUT/summary.json and prints a table.
+
+    python3 benches/gpu/summarize.py OUT_DIR"""
+import json
+import pathlib
+import statistics
+import sys
+
+out = pathlib.Path(sys.argv[1])
+kernels = json.loads((out / "results.json").read_text())
+torch_file = out / "pytorch-resnet50.json"
+baseline = json.loads(torch_file.read_text()) if torch_file.exists() else {}
+lines = [json.loads(l) for l in (out / "siesta.jsonl").read_text().splitlines() if l.strip()] \
+    if (out / "siesta.jsonl").exists() else []
+
+
+def per_batch(key):
+    return {r["batch"]: r["images_per_s"] for r in baseline.get(key, [])}
+
+
+f32, fp16 = per_batch("resnet50_f32_eager"), per_batch("resnet50_fp16_eager")
+engines = []
+for r in lines:
+    if "engine" not in r or "idle_tiers" in r:
+        continue
+    if "skipped" in r:
+        engines.append({"engine": r["engine"], "skipped": r["skipped"]})
+        continue
+    ips = r["images_per_s"]
+    engines.append({
+        "engine": r["engine"], "device": r["device"], "batch": r["batch"], "dtype": "f32",
+        "images_per_s": ips, "median_ms": r["median_ms"],
+        "vs_pytorch_f32": ips / f32[r["batch"]] if r["batch"] in f32 else None,
+        "vs_pytorch_fp16": ips / fp16[r["batch"]] if r["batch"] in fp16 else None,
+    })
+cold = [r for r in lines if "cold_start" in r]
+idle = next((r["idle_tiers"] for r in lines if "idle_tiers" in r), None)
+exited = next((r["exited"] for r in lines if "exited" in r), None)
+summary = {
+    "date": kernels.get("date"),
+    "dry_run": kernels.get("dry_run"),
+    "platform": kernels.get("platform"),
+    "cpu_reference": kernels.get("cpu_reference"),
+    "gpu_kernels": kernels.get("gpu_kernels"),
+    "gpu_kernels_ok": kernels.get("gpu_kernels_ok"),
+    "pytorch": {k: baseline.get(k) for k in ("torch", "cuda", "gpu", "skipped") if k in baseline},
+    "resnet": engines,
+    "best_images_per_s": max((e["images_per_s"] for e in engines if "images_per_s" in e), default=None),
+    "cold_start": {
+        "runs": len(cold),
+        "process_start_to_first_answer_ms_p50": statistics.median(r["process_wall_ms"] for r in cold) if cold else None,
+        "load_ms_p50 (weights + CUDA init)": statistics.median(r["run"]["load_ms"] for r in cold) if cold else None,
+        "first_forward_ms_p50": statistics.median(r["run"]["first_forward_ms"] for r in cold) if cold else None,
+    },
+    "idle_tiers": idle,
+    "exited": exited,
+    "not_measured_yet": kernels.get("not_measured_yet"),
+}
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+print(f"GPU: {[g.get('name') for g in (kernels.get('platform') or {}).get('gpus', [])] or 'none (dry run)'}"
+      f"; kernels vs CPU references ok: {kernels.get('gpu_kernels_ok', 'not run')}")
+print("| engine | device | batch | images/s | x PyTorch f32 | x PyTorch fp16 |")
+print("|---|---|---|---|---|---|")
+for e in engines:
+    if "skipped" in e:
+        print(f"| {e['engine']} | - | - | skipped: {e['skipped'][-120:]} | | |")
+        continue
+    ratio = lambda v: f"{v:.2f}" if v is not None else "-"
+    print(f"| {e['engine']} | {e['device']} | {e['batch']} | {e['images_per_s']:.1f} | "
+          f"{ratio(e['vs_pytorch_f32'])} | {ratio(e['vs_pytorch_fp16'])} |")
+print("cold start:", json.dumps(summary["cold_start"]))
+print("idle tiers:", json.dumps(idle))
+if exited:
+    print("exited:", json.dumps(exited))
