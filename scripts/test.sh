@@ -88,6 +88,11 @@ TORCH_VENV=${TORCH_VENV:-$ROOT/.venv-torch}
 "$TORCH_VENV/bin/python" -c "import torch, torchvision, numpy, pytest, safetensors, PIL, model_archiver, onnx" 2>/dev/null ||
   "$TORCH_VENV/bin/pip" install -q "torch==2.11.0" "torchvision==0.26.0" numpy pytest safetensors pillow \
     "torch-model-archiver==0.12.0" "onnx==1.23.2"
+# The CUDA compiler's headers (1 MB), which the CUDA runtime headers in torch's wheels include:
+# models/torch/cuda_cache.cpp builds against them (a parked TorchScript model empties libtorch's
+# CUDA cache).
+[ -f "$(echo "$TORCH_VENV"/lib/python3*/site-packages/nvidia/cu13/include/crt/host_config.h)" ] ||
+  "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-crt==13.0.88"
 LIBTORCH=$("$TORCH_VENV/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))")
 export LIBTORCH
 cargo clippy --workspace --all-targets --features torch -- -D warnings

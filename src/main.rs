@@ -18,9 +18,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use siesta_lifecycle::autoscaler::DeciderSpec;
 use siesta_lifecycle::autoscaler::spec::DeciderSpecFile;
-use siesta_models::DeviceSpec;
 use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
+use siesta_models::{DeviceSpec, Precision};
 use siesta_runtime::lifecycle::IdlePolicy;
 use siesta_runtime::registry::{ModelLocation, RegistryOptions};
 use siesta_runtime::transformer::TransformerConfig;
@@ -217,6 +217,10 @@ struct ServeArgs {
     /// Compute device: cpu, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    /// What the model computes in: f32, or f16 (torchvision classifiers and TorchScript models;
+    /// half the weights' device memory, tensor cores on a GPU). Requests keep the config's types.
+    #[arg(long, env = "SIESTA_PRECISION", default_value = "f32")]
+    precision: Precision,
     /// KServe's modelFormat.name (pytorch, tensorflow, onnx): checked against the model.
     #[arg(long, env = "SIESTA_MODEL_FORMAT")]
     model_format: Option<String>,
@@ -344,6 +348,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
         models: vec![(a.model_name, location)],
         registry: RegistryOptions {
             device: a.device,
+            precision: a.precision,
             queue_limit: a.queue_limit.max(1),
             max_batch_size: a.max_batch_size,
             max_queue_delay_us: a.max_queue_delay.map(|d| d.as_micros() as u64),

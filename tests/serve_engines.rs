@@ -82,3 +82,33 @@ fn a_tensorflow_saved_model_without_tf2onnx_says_how_to_convert_it() {
         "nothing half-written"
     );
 }
+
+/// Against PyPI's torch wheel (libtorch's CUDA build, as in CI) the parked tier can empty
+/// libtorch's CUDA cache: the shim is built and linked, and with no GPU it is a no-op that
+/// succeeds. With a CPU-only libtorch there is nothing to build against, and nothing to empty.
+#[cfg(feature = "torch")]
+#[test]
+fn the_cuda_wheel_build_can_empty_libtorchs_cuda_cache() {
+    let cuda_wheel = std::env::var_os("LIBTORCH")
+        .map(|t| std::path::Path::new(&t).join("lib/libc10_cuda.so").exists())
+        .unwrap_or(false);
+    if !cuda_wheel {
+        eprintln!("SKIPPED: LIBTORCH is not a CUDA build of libtorch");
+        return;
+    }
+    assert!(
+        siesta_models::torch_cuda_cache::AVAILABLE,
+        "built against a CUDA libtorch, but without torch/cuda_cache.cpp"
+    );
+    assert!(siesta_models::torch_cuda_cache::empty());
+}
+
+#[test]
+fn f16_precision_for_a_model_that_computes_in_f32_only_is_a_load_error() {
+    let mnist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist");
+    serve_fails_with_env(
+        &mnist,
+        &[("SIESTA_PRECISION", "f16")],
+        &["precision f16", "'mnist_cnn' computes in f32"],
+    );
+}

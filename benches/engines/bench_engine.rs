@@ -3,7 +3,8 @@
 //! the engine forced), feeds the same pseudo-random batch `iters` times after `warmup` passes,
 //! prints one JSON line of timings.
 //!
-//! `bench-engine DIR ENGINE BATCH [ITERS] [WARMUP] [--device cuda:0] [--idle-tiers]`, ENGINE =
+//! `bench-engine DIR ENGINE BATCH [ITERS] [WARMUP] [--device cuda:0] [--precision f16]
+//! [--idle-tiers]`, ENGINE =
 //! candle | torch | onnx. Threads come from RAYON_NUM_THREADS (candle) and OMP_NUM_THREADS
 //! (libtorch reads it at start), set by the scripts.
 //!
@@ -17,7 +18,9 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml};
-use siesta_models::{DeviceSpec, Engine, LoadOptions, Model, ModelSource, Tensor, load_model};
+use siesta_models::{
+    DeviceSpec, Engine, LoadOptions, Model, ModelSource, Precision, Tensor, load_model,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -30,6 +33,8 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     #[arg(long)]
     idle_tiers: bool,
 }
@@ -39,6 +44,7 @@ fn main() -> Result<()> {
     let opts = LoadOptions {
         engine: Some(args.engine),
         device: args.device,
+        precision: args.precision,
         ..Default::default()
     };
     let started = Instant::now();
@@ -64,6 +70,7 @@ fn main() -> Result<()> {
     let mut line = serde_json::json!({
         "engine": format!("{:?}", args.engine).to_lowercase(),
         "device": model.device_name(),
+        "precision": args.precision.to_string(),
         "batch": args.batch,
         "iters": args.iters,
         // Process start is outside; this is loader + weights to the device (CUDA init included).

@@ -14,10 +14,13 @@ pub mod mar;
 pub mod mnist;
 pub mod model;
 pub mod onnx;
+pub mod precision;
 pub mod resident;
 pub mod state_dict;
 pub mod storage;
 pub mod tensor;
+#[cfg(feature = "torch")]
+pub mod torch_cuda_cache;
 #[cfg(feature = "torch")]
 pub mod torchscript;
 pub mod vision;
@@ -28,4 +31,5 @@ pub use engine::Engine;
 pub use error::{ModelError, StorageError, TensorError};
 pub use loader::{LoadOptions, ModelSource, load_model};
 pub use model::Model;
+pub use precision::Precision;
 pub use tensor::{DataType, Tensor};

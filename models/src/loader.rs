@@ -15,6 +15,7 @@ use crate::identity::{self, IdentityModel};
 use crate::mnist::{self, MnistCnn, MnistModel};
 use crate::model::Model;
 use crate::onnx::{self, OnnxModel};
+use crate::precision::Precision;
 use crate::resident::ResidentWeights;
 use crate::vision::{self, VisionModel};
 use crate::{labels, mar, state_dict};
@@ -38,6 +39,8 @@ pub struct LoadOptions {
     pub model_format: Option<String>,
     /// Forces an engine (the manifest's `runtime`).
     pub engine: Option<Engine>,
+    /// What the model computes in (`--precision`).
+    pub precision: Precision,
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
@@ -132,6 +135,17 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     if let Some(us) = opts.max_queue_delay_us {
         config.max_queue_delay_us = us;
     }
+    let half_capable = vision.is_some() || config.architecture == TORCHSCRIPT;
+    if opts.precision != Precision::F32 && !half_capable {
+        return Err(ModelError::Config {
+            path: PathBuf::from(CONFIG_FILE),
+            reason: format!(
+                "precision {} is for the torchvision classifiers and TorchScript models; \
+                 '{}' computes in f32",
+                opts.precision, config.architecture
+            ),
+        });
+    }
     match config.architecture.as_str() {
         mnist::ARCHITECTURE => {
             let device = opts.device.resolve()?;
@@ -143,7 +157,12 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             let (arch, classes, host) = vision.expect("matched above");
             let device = opts.device.resolve()?;
             Ok(Box::new(VisionModel::new(
-                config, arch, classes, host, device,
+                config,
+                arch,
+                classes,
+                host,
+                device,
+                opts.precision.dtype(),
             )?))
         }
         identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
@@ -154,7 +173,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
                 ));
             };
             let file = dir.join(config.weights.as_deref().unwrap_or("model.pt"));
-            load_torchscript(config, &file, opts.device)
+            load_torchscript(config, &file, opts.device, opts.precision)
         }
         onnx::ARCHITECTURE => {
             let ModelSource::Dir(dir) = source else {
@@ -175,9 +194,10 @@ fn load_torchscript(
     config: ModelConfig,
     file: &Path,
     device: DeviceSpec,
+    precision: Precision,
 ) -> Result<Box<dyn Model>, ModelError> {
     Ok(Box::new(crate::torchscript::TorchScriptModel::load(
-        config, file, device,
+        config, file, device, precision,
     )?))
 }
 
@@ -186,6 +206,7 @@ fn load_torchscript(
     _config: ModelConfig,
     file: &Path,
     _device: DeviceSpec,
+    _precision: Precision,
 ) -> Result<Box<dyn Model>, ModelError> {
     Err(ModelError::File {
         path: file.to_path_buf(),

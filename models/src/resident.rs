@@ -14,6 +14,9 @@ pub type Build<M> = Box<dyn Fn(VarBuilder<'_>) -> candle_core::Result<M> + Send>
 pub struct ResidentWeights<M> {
     host: HashMap<String, CTensor>,
     device: Device,
+    /// What the network is built in: the host copy stays as loaded (f32), the device copy is
+    /// converted on the way up.
+    dtype: DType,
     build: Build<M>,
     built: Option<(M, u64)>,
 }
@@ -24,9 +27,19 @@ impl<M> ResidentWeights<M> {
         device: Device,
         build: Build<M>,
     ) -> Result<Self, ModelError> {
+        Self::with_dtype(host, device, DType::F32, build)
+    }
+
+    pub fn with_dtype(
+        host: HashMap<String, CTensor>,
+        device: Device,
+        dtype: DType,
+        build: Build<M>,
+    ) -> Result<Self, ModelError> {
         let mut w = ResidentWeights {
             host,
             device,
+            dtype,
             build,
             built: None,
         };
@@ -56,10 +69,17 @@ impl<M> ResidentWeights<M> {
             } else {
                 t.to_device(&self.device)?
             };
-            bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+            let dtype = if t.dtype().is_float() {
+                self.dtype
+            } else {
+                t.dtype()
+            };
+            bytes += (t.elem_count() * dtype.size_in_bytes()) as u64;
             on_device.insert(name.clone(), t);
         }
-        let vb = VarBuilder::from_tensors(on_device, DType::F32, &self.device);
+        // The builder converts each weight to `dtype` as the network takes it; layers that fold
+        // weights (batch norm) read them in f32 first (vision::layers::ConvBn).
+        let vb = VarBuilder::from_tensors(on_device, self.dtype, &self.device);
         self.built = Some(((self.build)(vb)?, bytes));
         Ok(())
     }
@@ -80,6 +100,10 @@ impl<M> ResidentWeights<M> {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 

@@ -11,6 +11,7 @@ use crate::config::ModelConfig;
 use crate::device::DeviceSpec;
 use crate::error::ModelError;
 use crate::model::Model;
+use crate::precision::Precision;
 use crate::tensor::{DataType, Tensor};
 
 pub struct TorchScriptModel {
@@ -19,6 +20,8 @@ pub struct TorchScriptModel {
     /// Where the model computes; it is moved to the CPU while released.
     device: Device,
     on_device: bool,
+    /// What the module's floating-point parameters and inputs are (`--precision`).
+    float: Kind,
 }
 
 fn tch_device(spec: DeviceSpec) -> Result<Device, ModelError> {
@@ -59,9 +62,14 @@ fn kind(dt: DataType) -> Option<Kind> {
 }
 
 impl TorchScriptModel {
-    pub fn load(config: ModelConfig, path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+    pub fn load(
+        config: ModelConfig,
+        path: &Path,
+        device: DeviceSpec,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
         let device = tch_device(device)?;
-        let module = CModule::load_on_device(path, device).map_err(|e| ModelError::File {
+        let mut module = CModule::load_on_device(path, device).map_err(|e| ModelError::File {
             path: path.to_path_buf(),
             reason: format!("not a TorchScript module (torch.jit.save): {e}"),
         })?;
@@ -73,12 +81,20 @@ impl TorchScriptModel {
                 });
             }
         }
-        tracing::info!(model = %config.name, ?device, "TorchScript module loaded");
+        let float = match precision {
+            Precision::F32 => Kind::Float,
+            Precision::F16 => Kind::Half,
+        };
+        if float != Kind::Float {
+            module.to(device, float, false);
+        }
+        tracing::info!(model = %config.name, ?device, %precision, "TorchScript module loaded");
         Ok(TorchScriptModel {
             config,
             module,
             device,
             on_device: true,
+            float,
         })
     }
 
@@ -119,9 +135,14 @@ impl Model for TorchScriptModel {
             .map(|t| {
                 let k = kind(t.datatype).expect("checked at load");
                 let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-                IValue::Tensor(
-                    tch::Tensor::from_data_size(&t.data, &shape, k).to_device(self.device),
-                )
+                let x = tch::Tensor::from_data_size(&t.data, &shape, k).to_device(self.device);
+                // Floating-point inputs follow the module's precision; the config's type is
+                // what the client sends.
+                IValue::Tensor(if x.is_floating_point() && k != self.float {
+                    x.to_kind(self.float)
+                } else {
+                    x
+                })
             })
             .collect();
         let value = tch::no_grad(|| self.module.forward_is(&args))
@@ -144,14 +165,20 @@ impl Model for TorchScriptModel {
 
     fn release_device_memory(&mut self) {
         if self.device != Device::Cpu && self.on_device {
-            self.module.to(Device::Cpu, Kind::Float, false);
+            self.module.to(Device::Cpu, self.float, false);
             self.on_device = false;
+            if !crate::torch_cuda_cache::empty() {
+                tracing::info!(
+                    "this build cannot empty libtorch's CUDA cache: the parked weights' GPU blocks \
+                     stay reserved by libtorch until the process exits"
+                );
+            }
         }
     }
 
     fn restore_device_memory(&mut self) -> Result<(), ModelError> {
         if !self.on_device {
-            self.module.to(self.device, Kind::Float, false);
+            self.module.to(self.device, self.float, false);
             self.on_device = true;
         }
         Ok(())

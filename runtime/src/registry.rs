@@ -24,6 +24,7 @@ pub enum ModelLocation {
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     pub device: DeviceSpec,
+    pub precision: siesta_models::Precision,
     pub queue_limit: usize,
     pub max_batch_size: Option<usize>,
     pub max_queue_delay_us: Option<u64>,
@@ -251,6 +252,7 @@ fn load_and_warm_up(
         device: opts.device,
         model_format: opts.model_format.clone(),
         engine: opts.engine,
+        precision: opts.precision,
     };
     let started = std::time::Instant::now();
     let mut model = siesta_models::load_model(&source, &load_opts)?;

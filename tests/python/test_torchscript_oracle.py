@@ -171,3 +171,28 @@ def test_candle_mnist_matches_pytorch():
         assert_close(infer(server, "mnist", "input", x, ["probabilities"])["probabilities"], want)
     finally:
         server.stop()
+
+
+def test_f16_precision_runs_the_module_in_half(tmp_path):
+    """`--precision f16`: libtorch converts the module's parameters and the FP32 inputs to half,
+    the outputs come back as the config's FP32. Against PyTorch's own half run of the same module
+    (the numbers are libtorch's: they should match closely) and its f32 run (half's tolerance)."""
+    torch.manual_seed(2)
+    net = SmallCnn().eval()
+    module = torch.jit.trace(net, torch.zeros(1, 3, 16, 16))
+    save(tmp_path / "cnn16", module, {
+        "name": "cnn16", "architecture": "torchscript", "weights": "model.pt", "max_batch_size": 8,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 16, 16]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [10]}]})
+    server = serving(tmp_path / "cnn16", "cnn16", "--precision", "f16")
+    try:
+        x = RNG.normal(size=(4, 3, 16, 16)).astype(np.float32)
+        with torch.no_grad():
+            want32 = net(torch.from_numpy(x)).numpy()
+            want16 = net.half()(torch.from_numpy(x).half()).float().numpy()
+        got = infer(server, "cnn16", "x", x, ["logits"])["logits"]
+        assert np.max(np.abs(got - want16)) <= 1e-2 * np.max(np.abs(want16))
+        err32 = np.max(np.abs(got - want32)) / np.max(np.abs(want32))
+        assert 0 < err32 <= 2e-2, f"relative error to f32 {err32:.3g}"
+    finally:
+        server.stop()

@@ -143,3 +143,35 @@ def test_the_runtime_picks_the_engine_for_one_model_saved_three_ways(tmp_path, a
             assert_close(got, want)
         finally:
             server.stop()
+
+
+def test_f16_precision_halves_the_weights_and_stays_close_to_torchvision(tmp_path):
+    """`--precision f16`: the network is built and runs in half precision (batch norm folded in
+    f32 first), clients still send and receive FP32. On the CPU this checks the numbers, not the
+    speed (f16 is for GPUs); the tolerance is half precision's, not f32's."""
+    dir, net = make(tmp_path, "resnet18", 5, fmt="pth")
+    servers = {p: Siesta("--storage-uri", str(dir), "--model-name", "r18", "--precision", p)
+               for p in ("f32", "f16")}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        x = RNG.normal(size=(2, 3, 224, 224)).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        got = infer(servers["f16"], "r18", "input", x, ["logits"])["logits"]
+        err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+        assert err <= 2e-2, f"f16 relative error {err:.3g}"
+        assert np.array_equal(np.argmax(got, 1), np.argmax(want, 1))
+        assert err > 0, "f16 answered exactly like f32: the precision flag did nothing"
+
+        def weight_bytes(s):
+            with urllib.request.urlopen(f"http://{s.http}/metrics", timeout=30) as r:
+                text = r.read().decode()
+            lines = [l for l in text.splitlines() if l.startswith("siesta_device_memory_bytes{")]
+            assert lines, text[:2000]
+            return float(lines[0].rsplit(" ", 1)[1])
+
+        assert weight_bytes(servers["f16"]) == pytest.approx(weight_bytes(servers["f32"]) / 2, rel=0.01)
+    finally:
+        for s in servers.values():
+            s.stop()

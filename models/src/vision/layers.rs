@@ -2,7 +2,7 @@
 //! eval-mode batch norm. The norm is folded into the convolution's weights and bias when the
 //! network is built, so inference runs one convolution where PyTorch eager runs two ops.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::cpu_conv::CpuKernel;
@@ -78,17 +78,26 @@ impl ConvBn {
     ) -> Result<Self> {
         let (kh, kw) = shape.kernel;
         let out = shape.out_channels;
-        let w = conv.get((out, shape.in_channels / shape.groups, kh, kw), "weight")?;
-        let gamma = bn.get(out, "weight")?;
-        let beta = bn.get(out, "bias")?;
-        let mean = bn.get(out, "running_mean")?;
-        let var = bn.get(out, "running_var")?;
+        // Folded in f32 whatever the network computes in, then converted once.
+        let f32 = |vb: &VarBuilder<'_>, s: &[usize], name: &str| {
+            vb.get_with_hints_dtype(s, name, candle_nn::Init::Const(0.), DType::F32)
+        };
+        let w = f32(
+            &conv,
+            &[out, shape.in_channels / shape.groups, kh, kw],
+            "weight",
+        )?;
+        let gamma = f32(&bn, &[out], "weight")?;
+        let beta = f32(&bn, &[out], "bias")?;
+        let mean = f32(&bn, &[out], "running_mean")?;
+        let var = f32(&bn, &[out], "running_var")?;
         let scale = (gamma / (var + eps)?.sqrt()?)?;
         let weight = w
             .broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?
+            .to_dtype(conv.dtype())?
             .contiguous()?;
-        let bias = (beta - (mean * &scale)?)?;
-        let cpu = if weight.device().is_cpu() && shape.groups == 1 {
+        let bias = (beta - (mean * &scale)?)?.to_dtype(conv.dtype())?;
+        let cpu = if weight.device().is_cpu() && weight.dtype() == DType::F32 && shape.groups == 1 {
             Some(CpuKernel::new(&weight, &bias, &shape)?)
         } else {
             None

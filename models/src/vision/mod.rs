@@ -276,9 +276,14 @@ impl VisionModel {
         classes: usize,
         host: HashMap<String, CTensor>,
         device: candle_core::Device,
+        dtype: candle_core::DType,
     ) -> Result<Self, ModelError> {
-        let weights =
-            ResidentWeights::new(host, device, Box::new(move |vb| arch.build(vb, classes)))?;
+        let weights = ResidentWeights::with_dtype(
+            host,
+            device,
+            dtype,
+            Box::new(move |vb| arch.build(vb, classes)),
+        )?;
         Ok(VisionModel { config, weights })
     }
 }
@@ -303,8 +308,13 @@ impl Model for VisionModel {
             }
         };
         let device = self.weights.device().clone();
-        let x = CTensor::from_vec(input.to_f32_vec()?, (n, c, h, w), &device)?;
-        let logits = self.weights.get()?.forward(&x)?;
+        let x = CTensor::from_vec(input.to_f32_vec()?, (n, c, h, w), &device)?
+            .to_dtype(self.weights.dtype())?;
+        let logits = self
+            .weights
+            .get()?
+            .forward(&x)?
+            .to_dtype(candle_core::DType::F32)?;
         let classes = logits.dim(1)?;
         let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let spec = &self.config.outputs[0];
