@@ -14,11 +14,11 @@
 #  1. gpu-check: every CUDA kernel against its CPU reference, and timed against it; NVML's GPUs.
 #  2. PyTorch eager ResNet-50, fp16 and f32, batch 1/32/256 (the baseline), from python3's torch.
 #  3. Siesta's ResNet-50 through its own loader (bench-engine): candle on the GPU, and libtorch
-#     (tch) when the payload was built with LIBTORCH set; batch 1/32/256; torchvision's
-#     architecture with random weights written by models/vision/make_vision.py.
-#  4. Idle tiers of that model: device memory hot and parked (engine count and NVML), parked ->
-#     first answer, process start -> first answer (split: load incl. CUDA init, first forward),
-#     and NVML after the process exited.
+#     (tch) when the payload was built with LIBTORCH set; fp16 and f32, batch 1/32/256;
+#     torchvision's architecture with random weights written by models/vision/make_vision.py.
+#  4. Idle tiers of that model (fp16, each engine, and candle f32): device memory hot and parked
+#     (engine count and NVML), parked -> first answer; process start -> first answer (split: load
+#     incl. CUDA init, first forward); NVML after the process exited.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN_DIR="$ROOT/benches/gpu/bin"
@@ -85,13 +85,15 @@ fi
 : >"$OUT/siesta.jsonl"
 if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
   "$PY" "$ROOT/models/vision/make_vision.py" --arch "$ARCH" --out "$OUT/$ARCH" --format pth --torchscript >/dev/null
-  for engine in candle torch; do
-    for batch in $BATCHES; do
-      if ! RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" "$batch" "$ITERS" "$WARMUP" --device "$DEVICE" \
-        >>"$OUT/siesta.jsonl" 2>"$OUT/bench-engine.err"; then
-        echo "{\"engine\": \"$engine\", \"batch\": $batch, \"skipped\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()[-300:]))' <"$OUT/bench-engine.err")}" >>"$OUT/siesta.jsonl"
-        break
-      fi
+  for precision in f16 f32; do
+    for engine in candle torch; do
+      for batch in $BATCHES; do
+        if ! RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" "$batch" "$ITERS" "$WARMUP" \
+          --device "$DEVICE" --precision "$precision" >>"$OUT/siesta.jsonl" 2>"$OUT/bench-engine.err"; then
+          echo "{\"engine\": \"$engine\", \"precision\": \"$precision\", \"batch\": $batch, \"skipped\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()[-300:]))' <"$OUT/bench-engine.err")}" >>"$OUT/siesta.jsonl"
+          break
+        fi
+      done
     done
   done
   # Process start -> first answer (one batch-1 pass, no warm-up), then the idle tiers.
@@ -100,6 +102,10 @@ if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
     line=$(timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 0 0 --device "$DEVICE")
     end=$(date +%s%N)
     echo "{\"cold_start\": $run, \"process_wall_ms\": $(((end - start) / 1000000)), \"run\": $line}" >>"$OUT/siesta.jsonl"
+  done
+  for engine in candle torch; do
+    RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" 1 3 1 --device "$DEVICE" --precision f16 \
+      --idle-tiers >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || true
   done
   timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 3 1 --device "$DEVICE" --idle-tiers >>"$OUT/siesta.jsonl" &
   idle_pid=$!

@@ -107,9 +107,8 @@ fn main() -> Result<()> {
         },
         // check.sh measures Siesta's ResNet-50 (f32) and its idle tiers next to this file.
         "not_measured_yet": [
-            "Siesta's engines in fp16: candle and tch run ResNet-50 in f32; the like-for-like ratio is \
-             against PyTorch eager f32 (its fp16 figure is the issue's goal line)",
-            "parked with the CUDA context destroyed (the context is kept: resume <= 10 ms is the goal)"
+            "parked with the CUDA context destroyed (the context is kept: resume <= 10 ms is the goal)",
+            "Siesta's kernels inside a replica's request path (uint8 in, top-k out)"
         ],
     });
 
