@@ -97,7 +97,7 @@ fn the_cuda_wheel_build_can_empty_libtorchs_cuda_cache() {
         return;
     }
     assert!(
-        siesta_models::torch_cuda_cache::AVAILABLE,
+        siesta_models::torch_cuda_cache::available(),
         "built against a CUDA libtorch, but without torch/cuda_cache.cpp"
     );
     assert!(siesta_models::torch_cuda_cache::empty());

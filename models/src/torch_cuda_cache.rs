@@ -9,7 +9,9 @@ unsafe extern "C" {
 }
 
 /// Whether this build was linked against libtorch's CUDA build and can empty its cache.
-pub const AVAILABLE: bool = cfg!(siesta_torch_cuda_cache);
+pub fn available() -> bool {
+    cfg!(siesta_torch_cuda_cache)
+}
 
 /// `true` when the cache was emptied (or libtorch sees no GPU), `false` when this build cannot.
 pub fn empty() -> bool {
