@@ -64,9 +64,8 @@ export PATH="$CUDA_HOME/bin:$PATH"
 cargo clippy --all-targets --features cuda -- -D warnings
 cargo clippy -p siesta-kernels --all-targets --features cuda -- -D warnings
 cargo test -p siesta-kernels --features cuda
-# Also builds target/debug/bench-engine with `cuda` (the tests need the package's binaries), in
-# the same feature resolution as the clippy run above: a `cargo build` without dev-dependencies
-# would resolve the build scripts' dependencies differently and run candle's nvcc build again.
+# Also builds target/debug/bench-engine with `cuda` (the tests need the package's binaries); it
+# reuses the clippy run's candle kernels (Cargo.toml's build-override keeps the two alike).
 cargo test --features cuda --test cuda_build_on_cpu --test cuda_device
 # The `cuda` binary must start without a driver: no CUDA library may be NEEDED (vendor/README.md).
 if readelf -d target/debug/siesta | grep NEEDED | grep -E 'libcu|libnv'; then
