@@ -18,7 +18,7 @@
 #     torchvision's architecture with random weights written by models/vision/make_vision.py.
 #  4. Idle tiers of that model (fp16, each engine, and candle f32): device memory hot and parked
 #     (engine count and NVML), parked -> first answer; process start -> first answer (split: load
-#     incl. CUDA init, first forward); NVML after the process exited.
+#     incl. CUDA init, first forward); GPU 0's used memory before the process and after its exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN_DIR="$ROOT/benches/gpu/bin"
@@ -107,13 +107,13 @@ if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
     RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" 1 3 1 --device "$DEVICE" --precision f16 \
       --idle-tiers >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || true
   done
-  timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 3 1 --device "$DEVICE" --idle-tiers >>"$OUT/siesta.jsonl" &
-  idle_pid=$!
-  wait "$idle_pid"
-  if command -v nvidia-smi >/dev/null; then
-    held=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | awk -F', ' -v p="$idle_pid" '$1 == p {print $2}')
-    echo "{\"exited\": {\"pid\": $idle_pid, \"nvidia_smi_mib\": ${held:-0}}}" >>"$OUT/siesta.jsonl"
-  fi
+  # Exited: GPU 0's used memory before the process and after it is gone (a process cannot be
+  # asked about itself once it has exited; what it leaves behind shows in the difference).
+  gpu_used() { nvidia-smi --id=0 --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null || echo null; }
+  before=$(gpu_used)
+  timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 3 1 --device "$DEVICE" --idle-tiers >>"$OUT/siesta.jsonl"
+  after=$(gpu_used)
+  echo "{\"exited\": {\"gpu0_used_mib_before\": $before, \"gpu0_used_mib_after_exit\": $after}}" >>"$OUT/siesta.jsonl"
 else
   echo "$PY has no torch + torchvision: Siesta's ResNet-50 skipped" | tee "$OUT/siesta-skipped.txt"
 fi
