@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::error::ServeError;
 use crate::infer::{InferService, SERVED_VERSION};
 use crate::metrics;
-use crate::protocol::{InferRequest, RequestedOutput, parse_input_header};
+use crate::protocol::{InferRequest, RequestedOutput, classification, parse_input_header};
 
 pub mod pb {
     tonic::include_proto!("inference");
@@ -116,12 +116,37 @@ fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, Status> {
         outputs: req
             .outputs
             .into_iter()
-            .map(|o| RequestedOutput {
-                name: o.name,
-                binary: None,
-            })
-            .collect(),
+            .map(requested_output)
+            .collect::<Result<_, Status>>()?,
         binary_output_default: true,
+    })
+}
+
+fn requested_output(
+    o: pb::model_infer_request::InferRequestedOutputTensor,
+) -> Result<RequestedOutput, Status> {
+    use pb::infer_parameter::ParameterChoice;
+    let classification = match o
+        .parameters
+        .get(classification::PARAMETER)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(k)) => classification::count_from_i64(&o.name, *k),
+        Some(ParameterChoice::Uint64Param(k)) => {
+            classification::count_from_i64(&o.name, i64::try_from(*k).unwrap_or(i64::MAX))
+        }
+        Some(other) => Err(ServeError::InvalidInput(format!(
+            "output '{}': parameter '{}' must be an integer, got {other:?}",
+            o.name,
+            classification::PARAMETER
+        ))),
+    }
+    .map_err(|e| e.to_grpc())?;
+    Ok(RequestedOutput {
+        name: o.name,
+        binary: None,
+        classification,
     })
 }
 

@@ -52,7 +52,12 @@ impl InferService {
             tokio::time::timeout(self.request_timeout, handle.infer(&admission, inputs, rows))
                 .await
                 .map_err(|_| ServeError::Timeout(self.request_timeout.as_millis() as u64))??;
-        let outputs = select_outputs(&request.outputs, request.binary_output_default, out.outputs)?;
+        let outputs = select_outputs(
+            &request.outputs,
+            request.binary_output_default,
+            out.outputs,
+            &handle.config.labels,
+        )?;
         Ok((
             InferResponse {
                 config: handle.config.clone(),

@@ -67,6 +67,45 @@ def test_tritonclient_grpc(siesta):
         assert "not found" in e.message()
 
 
+def parse_classes(column):
+    """Triton's classification strings ("value:index[:label]") -> (values, indices)."""
+    parts = [(c.decode() if isinstance(c, bytes) else c).split(":") for c in column]
+    return np.array([float(p[0]) for p in parts]), np.array([int(p[1]) for p in parts])
+
+
+def test_tritonclient_class_count_returns_each_rows_top_classes(siesta):
+    """Triton's classification extension (`class_count=k`), over HTTP (binary and JSON) and
+    gRPC: only the top k classes of each row come back, best first, with the output's own
+    values; they are the k largest of the full output."""
+    x, _ = batch_of(6)
+    http, grpc = th.InferenceServerClient(siesta.http), tg.InferenceServerClient(siesta.grpc)
+    inp = th.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    full = http.infer("mnist", [inp], outputs=[th.InferRequestedOutput("probabilities")]).as_numpy("probabilities")
+    answers = []
+    for binary in (True, False):
+        out = th.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        answers.append(http.infer("mnist", [inp], outputs=[out]).as_numpy("probabilities"))
+    ginp = tg.InferInput("input", list(x.shape), "FP32")
+    ginp.set_data_from_numpy(x)
+    answers.append(grpc.infer("mnist", [ginp], outputs=[tg.InferRequestedOutput("probabilities", class_count=3)])
+                   .as_numpy("probabilities"))
+    want_index = np.argsort(-full, axis=1, kind="stable")[:, :3]
+    for top in answers:
+        assert top.shape == (6, 3), top.shape
+        for row, want_row, probs in zip(top, want_index, full):
+            values, index = parse_classes(row)
+            assert list(index) == list(want_row)
+            assert np.allclose(values, probs[index], atol=1e-6)
+    try:
+        bad = th.InferRequestedOutput("probabilities")
+        bad._parameters["classification"] = -1
+        http.infer("mnist", [inp], outputs=[bad])
+        raise AssertionError("a negative class count must be refused")
+    except th.InferenceServerException as e:
+        assert e.status() == "400" and "classification" in e.message(), (e.status(), e.message())
+
+
 def test_hey_gets_only_200s(siesta, tmp_path):
     x, _ = batch_of(1)
     body = tmp_path / "body.json"

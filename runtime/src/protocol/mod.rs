@@ -1,6 +1,7 @@
 //! Protocol-independent requests and responses, and their validation against a model's config.
 //! V1, V2 REST and gRPC all decode into [`InferRequest`] and encode from [`InferResponse`].
 
+pub mod classification;
 pub mod json_data;
 pub mod v1;
 pub mod v2;
@@ -25,6 +26,8 @@ pub struct InferRequest {
 pub struct RequestedOutput {
     pub name: String,
     pub binary: Option<bool>,
+    /// Triton's classification extension: the top this-many classes instead of the scores.
+    pub classification: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -151,11 +154,13 @@ fn check_shape(config: &ModelConfig, spec: &TensorSpec, shape: &[usize]) -> Resu
     Ok(rows)
 }
 
-/// Picks the requested outputs (all when none were named) and whether each is binary.
+/// Picks the requested outputs (all when none were named) and whether each is binary, turning
+/// those asked for as classifications into their top classes (`labels` name the classes).
 pub fn select_outputs(
     requested: &[RequestedOutput],
     binary_default: bool,
     mut outputs: Vec<Tensor>,
+    labels: &[String],
 ) -> Result<Vec<(Tensor, bool)>> {
     if requested.is_empty() {
         return Ok(outputs.into_iter().map(|t| (t, binary_default)).collect());
@@ -169,7 +174,12 @@ pub fn select_outputs(
                 .ok_or_else(|| {
                     ServeError::Inference(format!("model did not produce output '{}'", r.name))
                 })?;
-            Ok((outputs.swap_remove(pos), r.binary.unwrap_or(binary_default)))
+            let t = outputs.swap_remove(pos);
+            let t = match r.classification {
+                Some(k) => classification::classify(&t, k, labels)?,
+                None => t,
+            };
+            Ok((t, r.binary.unwrap_or(binary_default)))
         })
         .collect()
 }

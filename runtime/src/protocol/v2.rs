@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use siesta_models::Tensor;
 
 use super::json_data::{decode_values, encode_values, flatten, quote_non_finite};
-use super::{InferRequest, InferResponse, RequestedOutput, parse_input_header};
+use super::{InferRequest, InferResponse, RequestedOutput, classification, parse_input_header};
 use crate::error::{Result, ServeError};
 
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -186,6 +186,12 @@ pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferReques
                 Ok(RequestedOutput {
                     name: o.name.clone(),
                     binary: param_bool(o.parameters.as_ref(), "binary_data")?,
+                    classification: classification::parse_count(
+                        &o.name,
+                        o.parameters
+                            .as_ref()
+                            .and_then(|p| p.get(classification::PARAMETER)),
+                    )?,
                 })
             })
             .collect::<Result<_>>()?,
