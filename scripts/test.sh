@@ -106,4 +106,5 @@ GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" BENCH_ENGINE_BIN="$ROOT/ta
   tee "$ROOT/target/gpu-check-dry-run.log"
 grep -q "DRY RUN: no GPU found" "$ROOT/target/gpu-check-dry-run.log"
 grep -q '"engine":"candle"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
+grep -q '"input":"UINT8"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
 echo "== all tests passed"

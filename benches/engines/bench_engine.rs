@@ -8,6 +8,9 @@
 //! candle | torch | onnx. Threads come from RAYON_NUM_THREADS (candle) and OMP_NUM_THREADS
 //! (libtorch reads it at start), set by the scripts.
 //!
+//! A model whose input is UINT8 pixels (a classifier's `[H, W, 3]`) gets pseudo-random bytes, so
+//! the timing includes the replica's preprocessing kernel and a quarter of FP32's upload.
+//!
 //! `--idle-tiers` then measures the model's idle tiers in the same process: the device memory it
 //! holds hot and parked (the engine's own count, and NVML's count for this process where there is
 //! a driver), and the time from "parked" back to the first answer.
@@ -19,7 +22,7 @@ use anyhow::Result;
 use clap::Parser;
 use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml};
 use siesta_models::{
-    DeviceSpec, Engine, LoadOptions, Model, ModelSource, Precision, Tensor, load_model,
+    DataType, DeviceSpec, Engine, LoadOptions, Model, ModelSource, Precision, Tensor, load_model,
 };
 
 #[derive(Parser)]
@@ -50,7 +53,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let mut model = load_model(&ModelSource::Dir(args.dir.clone()), &opts)?;
     let load_ms = ms_since(started);
-    let input = random_batch(model.as_ref(), args.batch);
+    let input = random_batch(model.as_ref(), args.batch)?;
     let inputs = std::slice::from_ref(&input);
 
     let first = Instant::now();
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         "engine": format!("{:?}", args.engine).to_lowercase(),
         "device": model.device_name(),
         "precision": args.precision.to_string(),
+        "input": input.datatype.as_str(),
         "batch": args.batch,
         "iters": args.iters,
         // Process start is outside; this is loader + weights to the device (CUDA init included).
@@ -135,25 +139,32 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// The same pseudo-random batch for every engine (SplitMix64 -> roughly N(0, 1)).
-fn random_batch(model: &dyn Model, batch: usize) -> Tensor {
+/// The same pseudo-random batch for every engine (SplitMix64): roughly N(0, 1) for FP32 inputs,
+/// uniform bytes for UINT8 pixels.
+fn random_batch(model: &dyn Model, batch: usize) -> Result<Tensor> {
     let spec = &model.config().inputs[0];
     let mut shape = vec![batch];
     shape.extend(spec.shape.iter().map(|&d| d as usize));
     let n: usize = shape.iter().product();
     let mut state = 0x5EED_u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    if spec.datatype == DataType::U8 {
+        let bytes = (0..n).map(|_| (next() >> 56) as u8).collect();
+        return Ok(Tensor::new(&spec.name, DataType::U8, shape, bytes)?);
+    }
     let values: Vec<f32> = (0..n)
         .map(|_| {
-            let mut sum = 0.0;
-            for _ in 0..4 {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                sum += ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
-            }
+            let sum: f32 = (0..4)
+                .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32)
+                .sum();
             (sum - 2.0) * 1.732
         })
         .collect();
-    Tensor::from_f32(&spec.name, shape, &values)
+    Ok(Tensor::from_f32(&spec.name, shape, &values))
 }

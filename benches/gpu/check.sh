@@ -96,6 +96,26 @@ if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
       done
     done
   done
+  # The same network taking UINT8 pixels [224, 224, 3]: a quarter of the upload, normalised into
+  # the network's input by the fused kernel on the GPU. Batch 1 once more on the CPU (its kernel's
+  # CPU reference), whose logits' checksum the GPU's must match.
+  cp -r "$OUT/$ARCH" "$OUT/$ARCH-pixels"
+  "$PY" - "$OUT/$ARCH-pixels/config.json" <<'PYCFG'
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg.update(max_batch_size=256, inputs=[{"name": "image", "datatype": "UINT8", "shape": [224, 224, 3]}])
+json.dump(cfg, open(sys.argv[1], "w"))
+PYCFG
+  for precision in f16 f32; do
+    for batch in $BATCHES; do
+      RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH-pixels" candle "$batch" "$ITERS" "$WARMUP" \
+        --device "$DEVICE" --precision "$precision" >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || break
+    done
+  done
+  if [ "$DRY" = 0 ]; then
+    timeout 120 "$ENGINE_BIN" "$OUT/$ARCH-pixels" candle 1 1 0 --device cpu | sed 's/^{/{"pixels_cpu_reference": true, /' \
+      >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || true
+  fi
   # Process start -> first answer (one batch-1 pass, no warm-up), then the idle tiers.
   for run in 1 2 3; do
     start=$(date +%s%N)

@@ -22,8 +22,9 @@ def per_batch(key):
 
 f32, fp16 = per_batch("resnet50_f32_eager"), per_batch("resnet50_fp16_eager")
 engines = []
+pixels_cpu = next((r for r in lines if r.get("pixels_cpu_reference")), None)
 for r in lines:
-    if "engine" not in r or "idle_tiers" in r:
+    if "engine" not in r or "idle_tiers" in r or r.get("pixels_cpu_reference"):
         continue
     if "skipped" in r:
         engines.append({"engine": r["engine"], "precision": r.get("precision"), "skipped": r["skipped"]})
@@ -32,11 +33,19 @@ for r in lines:
     same = fp16 if r.get("precision") == "f16" else f32
     engines.append({
         "engine": r["engine"], "device": r["device"], "batch": r["batch"], "precision": r.get("precision", "f32"),
-        "images_per_s": ips, "median_ms": r["median_ms"],
+        "input": r.get("input", "FP32"), "images_per_s": ips, "median_ms": r["median_ms"],
         # Same precision, same batch, same GPU: > 1 means Siesta is faster. Siesta's time includes
         # the upload of the f32 input and the download of the logits; PyTorch's input is on the GPU.
         "vs_pytorch_same_precision": ips / same[r["batch"]] if r["batch"] in same else None,
     })
+# The pixel path's logits on the GPU against the CPU reference kernel's, same pixels, batch 1, f32.
+pixels_gpu = next((r for r in lines if r.get("input") == "UINT8" and r.get("batch") == 1
+                   and r.get("precision") == "f32" and not r.get("pixels_cpu_reference")), None)
+pixels_check = None
+if pixels_cpu and pixels_gpu:
+    diff = abs(pixels_gpu["checksum"] - pixels_cpu["checksum"]) / max(abs(pixels_cpu["checksum"]), 1e-9)
+    pixels_check = {"gpu_checksum": pixels_gpu["checksum"], "cpu_checksum": pixels_cpu["checksum"],
+                    "relative_difference": diff, "ok": diff <= 1e-3}
 cold = [r for r in lines if "cold_start" in r]
 idle = [{"engine": r["engine"], "precision": r.get("precision"), **r["idle_tiers"]}
         for r in lines if "idle_tiers" in r]
@@ -51,6 +60,7 @@ summary = {
     "pytorch": {k: baseline.get(k) for k in ("torch", "cuda", "gpu", "skipped") if k in baseline},
     "resnet": engines,
     "best_images_per_s": max((e["images_per_s"] for e in engines if "images_per_s" in e), default=None),
+    "uint8_pixels_gpu_vs_cpu": pixels_check,
     "cold_start": {
         "runs": len(cold),
         "process_start_to_first_answer_ms_p50": statistics.median(r["process_wall_ms"] for r in cold) if cold else None,
@@ -65,15 +75,17 @@ summary = {
 
 print(f"GPU: {[g.get('name') for g in (kernels.get('platform') or {}).get('gpus', [])] or 'none (dry run)'}"
       f"; kernels vs CPU references ok: {kernels.get('gpu_kernels_ok', 'not run')}")
-print("| engine | precision | device | batch | images/s | x PyTorch eager (same precision) |")
-print("|---|---|---|---|---|---|")
+print("| engine | precision | input | device | batch | images/s | x PyTorch eager (same precision) |")
+print("|---|---|---|---|---|---|---|")
 for e in engines:
     if "skipped" in e:
-        print(f"| {e['engine']} | {e['precision']} | - | - | skipped: {e['skipped'][-120:]} | |")
+        print(f"| {e['engine']} | {e['precision']} | - | - | - | skipped: {e['skipped'][-120:]} | |")
         continue
     ratio = e["vs_pytorch_same_precision"]
-    print(f"| {e['engine']} | {e['precision']} | {e['device']} | {e['batch']} | {e['images_per_s']:.1f} | "
-          f"{f'{ratio:.2f}' if ratio is not None else '-'} |")
+    print(f"| {e['engine']} | {e['precision']} | {e['input']} | {e['device']} | {e['batch']} | "
+          f"{e['images_per_s']:.1f} | {f'{ratio:.2f}' if ratio is not None else '-'} |")
+if pixels_check:
+    print("UINT8 pixels, GPU vs CPU reference:", json.dumps(pixels_check))
 print("cold start:", json.dumps(summary["cold_start"]))
 print("idle tiers:", json.dumps(idle))
 if exited:

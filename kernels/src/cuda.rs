@@ -8,7 +8,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::KernelError;
@@ -59,18 +62,29 @@ impl CudaKernels {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| KernelError::Cuda("the CUDA driver panicked while initialising".into()))?
             .map_err(cuda)?;
+        Self::on_stream(ctx.default_stream())
+    }
+
+    /// The kernels on a stream another library owns (candle's), so that they run in order with
+    /// its work on the same GPU without any synchronisation.
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<Self, KernelError> {
+        let ctx = stream.context();
         let device_name = ctx.name().map_err(cuda)?;
         let module = ctx
             .load_module(Ptx::from_binary(FATBIN.to_vec()))
             .map_err(cuda)?;
         let f = |name: &str| module.load_function(name).map_err(cuda);
         Ok(CudaKernels {
-            stream: ctx.default_stream(),
+            stream,
             preprocess_f32: f("siesta_preprocess_f32")?,
             preprocess_f16: f("siesta_preprocess_f16")?,
             softmax_top_k: f("siesta_softmax_top_k")?,
             device_name,
         })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     pub fn device_name(&self) -> &str {
@@ -90,7 +104,6 @@ impl CudaKernels {
         let Some(first) = images.first() else {
             return Ok(Vec::new());
         };
-        let (rows, cols) = t.taps(first)?;
         let mut batch = Vec::with_capacity(first.data.len() * images.len());
         for (index, img) in images.iter().enumerate() {
             if (img.height, img.width, img.channels) != (first.height, first.width, first.channels)
@@ -103,6 +116,65 @@ impl CudaKernels {
             }
             batch.extend_from_slice(img.data);
         }
+        let s = &self.stream;
+        match precision {
+            Precision::F32 => {
+                let out = self.preprocess_on_device_f32(&batch, first, t, layout)?;
+                s.clone_dtoh(&out).map_err(cuda)
+            }
+            Precision::F16 => {
+                let out = self.preprocess_on_device_f16(&batch, first, t, layout)?;
+                let host = s.clone_dtoh(&out).map_err(cuda)?;
+                Ok(host.into_iter().map(f32::from).collect())
+            }
+        }
+    }
+
+    /// [`Self::preprocess`] for a model on this GPU: `batch` is whole images shaped like
+    /// `first` (which may be its first image), one after another; the f32 result stays on the
+    /// device, ordered on this object's stream.
+    pub fn preprocess_on_device_f32(
+        &self,
+        batch: &[u8],
+        first: &ImageU8,
+        t: &ImageTransform,
+        layout: Layout,
+    ) -> Result<CudaSlice<f32>, KernelError> {
+        self.launch_preprocess(&self.preprocess_f32, batch, first, t, layout)
+    }
+
+    /// As [`Self::preprocess_on_device_f32`], in half precision (for f16 models: no conversion
+    /// pass after it).
+    pub fn preprocess_on_device_f16(
+        &self,
+        batch: &[u8],
+        first: &ImageU8,
+        t: &ImageTransform,
+        layout: Layout,
+    ) -> Result<CudaSlice<half::f16>, KernelError> {
+        self.launch_preprocess(&self.preprocess_f16, batch, first, t, layout)
+    }
+
+    fn launch_preprocess<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        func: &CudaFunction,
+        batch: &[u8],
+        first: &ImageU8,
+        t: &ImageTransform,
+        layout: Layout,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        let per_image = first.data.len();
+        if batch.is_empty() || !batch.len().is_multiple_of(per_image) {
+            return Err(KernelError::Transform(format!(
+                "{} bytes are not whole {}x{}x{} images",
+                batch.len(),
+                first.height,
+                first.width,
+                first.channels
+            )));
+        }
+        let count = batch.len() / per_image;
+        let (rows, cols) = t.taps(first)?;
         let (scale, bias) = t.scale_bias();
         let s = &self.stream;
         let lo =
@@ -111,7 +183,7 @@ impl CudaKernels {
             |taps: &[crate::preprocess::Tap]| taps.iter().map(|t| t.hi as i32).collect::<Vec<_>>();
         let frac =
             |taps: &[crate::preprocess::Tap]| taps.iter().map(|t| t.frac).collect::<Vec<_>>();
-        let d_src = s.clone_htod(&batch).map_err(cuda)?;
+        let d_src = s.clone_htod(batch).map_err(cuda)?;
         let (d_row_lo, d_row_hi, d_row_frac) = (
             s.clone_htod(&lo(&rows)).map_err(cuda)?,
             s.clone_htod(&hi(&rows)).map_err(cuda)?,
@@ -124,9 +196,9 @@ impl CudaKernels {
         );
         let d_scale = s.clone_htod(&scale).map_err(cuda)?;
         let d_bias = s.clone_htod(&bias).map_err(cuda)?;
-        let total = t.output_len() * images.len();
+        let total = t.output_len() * count;
         let args = (
-            images.len() as i32,
+            count as i32,
             first.height as i32,
             first.width as i32,
             first.channels as i32,
@@ -140,44 +212,30 @@ impl CudaKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        macro_rules! launch {
-            ($func:expr, $out:expr) => {{
-                let mut b = s.launch_builder($func);
-                b.arg(&d_src)
-                    .arg(&args.0)
-                    .arg(&args.1)
-                    .arg(&args.2)
-                    .arg(&args.3)
-                    .arg(&d_row_lo)
-                    .arg(&d_row_hi)
-                    .arg(&d_row_frac)
-                    .arg(&args.4)
-                    .arg(&d_col_lo)
-                    .arg(&d_col_hi)
-                    .arg(&d_col_frac)
-                    .arg(&args.5)
-                    .arg(&d_scale)
-                    .arg(&d_bias)
-                    .arg(&args.6)
-                    .arg($out);
-                // SAFETY: the argument list matches the kernel's signature in kernels.cu, and
-                // every buffer holds what the kernel indexes (sizes computed above).
-                unsafe { b.launch(cfg) }.map_err(cuda)?;
-            }};
-        }
-        match precision {
-            Precision::F32 => {
-                let mut out = s.alloc_zeros::<f32>(total).map_err(cuda)?;
-                launch!(&self.preprocess_f32, &mut out);
-                s.clone_dtoh(&out).map_err(cuda)
-            }
-            Precision::F16 => {
-                let mut out = s.alloc_zeros::<half::f16>(total).map_err(cuda)?;
-                launch!(&self.preprocess_f16, &mut out);
-                let host = s.clone_dtoh(&out).map_err(cuda)?;
-                Ok(host.into_iter().map(f32::from).collect())
-            }
-        }
+        let mut out = s.alloc_zeros::<T>(total).map_err(cuda)?;
+        let mut b = s.launch_builder(func);
+        b.arg(&d_src)
+            .arg(&args.0)
+            .arg(&args.1)
+            .arg(&args.2)
+            .arg(&args.3)
+            .arg(&d_row_lo)
+            .arg(&d_row_hi)
+            .arg(&d_row_frac)
+            .arg(&args.4)
+            .arg(&d_col_lo)
+            .arg(&d_col_hi)
+            .arg(&d_col_frac)
+            .arg(&args.5)
+            .arg(&d_scale)
+            .arg(&d_bias)
+            .arg(&args.6)
+            .arg(&mut out);
+        // SAFETY: the argument list matches the kernel's signature in kernels.cu, every buffer
+        // holds what the kernel indexes (sizes computed above), and `func` writes `T` (the f32
+        // kernel for f32, the f16 one for f16: the two public callers pair them).
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(out)
     }
 
     /// Softmax and the top `k` of each row of `logits` (`rows` x `cols`), only k pairs per row

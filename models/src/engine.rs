@@ -113,6 +113,21 @@ pub fn force(engine: Engine, config: &mut ModelConfig, dir: &Path) -> Result<(),
             ),
         });
     }
+    if config
+        .inputs
+        .first()
+        .is_some_and(|i| i.datatype == crate::tensor::DataType::U8)
+        && vision::is_vision(&config.architecture)
+    {
+        return Err(ModelError::Config {
+            path: dir.join(CONFIG_FILE),
+            reason: format!(
+                "the UINT8 pixel input of {} is normalised by the candle engine; the {engine:?} \
+                 engine's file takes the network's FP32 input",
+                config.architecture
+            ),
+        });
+    }
     let file = engine.file();
     if !dir.join(file).is_file() {
         return Err(ModelError::File {

@@ -68,15 +68,86 @@ def test_candle_classifier_matches_torchvision(tmp_path, arch, classes, saved, b
         server.stop()
 
 
-def test_images_go_through_the_transformer_to_a_candle_resnet(tmp_path):
+def pixel_input(dir, height, width, max_batch=4):
+    """Declares the model's input as raw UINT8 pixels [H, W, 3] (normalised by the replica)."""
+    cfg = json.loads((dir / "config.json").read_text())
+    cfg.update(max_batch_size=max_batch, inputs=[{"name": "image", "datatype": "UINT8", "shape": [height, width, 3]}])
+    (dir / "config.json").write_text(json.dumps(cfg))
+
+
+def v2(server, model, body):
+    req = urllib.request.Request(f"http://{server.http}/v2/models/{model}/infer", data=json.dumps(body).encode())
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return {o["name"]: o for o in json.loads(r.read())["outputs"]}
+
+
+@pytest.mark.parametrize("height,width", [(224, 224), (240, 320)])
+def test_uint8_pixels_are_normalised_by_the_replica_like_torch(tmp_path, height, width):
+    """A classifier whose input is UINT8 [H, W, 3]: clients send a quarter of FP32's bytes and
+    the replica's fused preprocessing kernel (its CPU reference here) resizes them straight to
+    224x224 (bilinear, when they are another size) and normalises them; the logits equal
+    torchvision's network on torch's own interpolate + normalise of the same pixels. Triton's
+    classification extension on the same request returns torch's top classes, labelled."""
+    labels = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    dir, net = make(tmp_path, "resnet18", 5, fmt="safetensors", labels=labels)
+    pixel_input(dir, height, width)
+    server = Siesta("--storage-uri", str(dir), "--model-name", "px")
+    try:
+        server.wait_ready()
+        assert metadata(server, "px")["inputs"][0] == {"name": "image", "datatype": "UINT8",
+                                                       "shape": [-1, height, width, 3]}
+        pixels = RNG.integers(0, 256, size=(3, height, width, 3), dtype=np.uint8)
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+        if (height, width) != (224, 224):
+            x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False,
+                                                antialias=False)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            want = net((x / 255 - mean) / std).numpy()
+        out = v2(server, "px", {
+            "inputs": [{"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
+                        "data": pixels.flatten().tolist()}],
+            "outputs": [{"name": "logits"}]})["logits"]
+        got = np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+        assert got.shape == (3, 5)
+        assert_close(got, want)
+
+        top = v2(server, "px", {
+            "inputs": [{"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
+                        "data": pixels.flatten().tolist()}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 2}}]})["logits"]
+        assert top["datatype"] == "BYTES" and top["shape"] == [3, 2]
+        for row, logits in zip(np.array(top["data"]).reshape(3, 2), want):
+            index = [int(c.split(":")[1]) for c in row]
+            assert index == list(np.argsort(-logits)[:2])
+            assert [c.split(":")[2] for c in row] == [labels[i] for i in index]
+
+        # FP32 where the model takes pixels: the protocol's 400, naming both types.
+        req = urllib.request.Request(f"http://{server.http}/v2/models/px/infer", data=json.dumps({
+            "inputs": [{"name": "image", "shape": [1, height, width, 3], "datatype": "FP32",
+                        "data": [0.0] * (height * width * 3)}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == 400 and "UINT8" in json.loads(e.value.read())["error"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("input_kind", ["FP32", "UINT8"])
+def test_images_go_through_the_transformer_to_a_candle_resnet(tmp_path, input_kind):
     """KServe's image-classifier path: base64 PNG and JPEG in, torchvision preprocessing (resize 256, crop
     224, ImageNet normalisation) by the transformer, labels from index_to_name.json out; the
     probabilities equal torchvision's on the same image. The image's shorter side is already 256,
-    so the resize is the identity and both sides see the very same 224x224 crop."""
+    so the resize is the identity and both sides see the very same 224x224 crop. With a UINT8
+    predictor the transformer sends the crop's bytes (a quarter of FP32's) and the predictor
+    normalises them: the same answer."""
     from PIL import Image
 
     labels = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     dir, net = make(tmp_path, "resnet18", 5, fmt="pth", labels=labels)
+    if input_kind == "UINT8":
+        pixel_input(dir, 224, 224)
     predictor = Siesta("--storage-uri", str(dir), "--model-name", "flowers18")
     transformer = Siesta("--transformer", "image", "--model-name", "flowers18", "--predictor-url",
                          f"http://{predictor.http}", "--top-k", "5")

@@ -8,6 +8,7 @@ mod cpu_conv;
 mod inception_v3;
 mod layers;
 mod mobilenet_v2;
+mod pixels;
 mod resnet;
 
 use std::collections::HashMap;
@@ -185,7 +186,8 @@ pub fn is_vision(architecture: &str) -> bool {
 }
 
 /// Fills what the config leaves out with the architecture's defaults and checks what it gives:
-/// one FP32 `[3, H, W]` input and one FP32 `[classes]` output.
+/// one FP32 `[3, H, W]` input (normalised pixels) or one UINT8 `[H, W, 3]` input (raw pixels,
+/// normalised by the replica), and one FP32 `[classes]` output.
 pub fn complete_config(
     config: &mut ModelConfig,
     arch: Arch,
@@ -220,9 +222,17 @@ pub fn complete_config(
             && i.shape.len() == 3 + batch_dim
             && i.shape[i.shape.len() - 3] == 3
             && i.shape[i.shape.len() - 2..].iter().all(|&d| d >= 75) => {}
+        [i] if i.datatype == DataType::U8
+            && i.shape.len() == 3 + batch_dim
+            && i.shape[i.shape.len() - 1] == 3
+            && i.shape[i.shape.len() - 3..i.shape.len() - 1]
+                .iter()
+                .all(|&d| d > 0) => {}
         _ => {
             return Err(bad(
-                "needs one FP32 input shaped [3, H, W] (H, W >= 75), NCHW".into(),
+                "needs one FP32 input shaped [3, H, W] (H, W >= 75), NCHW, or one UINT8 input \
+                 shaped [H, W, 3] (raw pixels, fixed H and W)"
+                    .into(),
             ));
         }
     }
@@ -266,6 +276,8 @@ impl Module for Net {
 pub struct VisionModel {
     config: ModelConfig,
     weights: ResidentWeights<Net>,
+    /// Set when the input is UINT8 pixels.
+    pixels: Option<pixels::PixelInput>,
 }
 
 impl VisionModel {
@@ -278,13 +290,25 @@ impl VisionModel {
         device: candle_core::Device,
         dtype: candle_core::DType,
     ) -> Result<Self, ModelError> {
+        let pixels = match (config.inputs.first(), &config.image) {
+            (Some(i), Some(img)) if i.datatype == DataType::U8 => Some(pixels::PixelInput::new(
+                arch.sizes().1 as u32,
+                img.mean.clone(),
+                img.std.clone(),
+            )?),
+            _ => None,
+        };
         let weights = ResidentWeights::with_dtype(
             host,
             device,
             dtype,
             Box::new(move |vb| arch.build(vb, classes)),
         )?;
-        Ok(VisionModel { config, weights })
+        Ok(VisionModel {
+            config,
+            weights,
+            pixels,
+        })
     }
 }
 
@@ -298,18 +322,27 @@ impl Model for VisionModel {
             .first()
             .ok_or_else(|| ModelError::Input("missing input".into()))?;
         let dims: Vec<usize> = input.shape.clone();
-        let (n, c, h, w) = match dims.as_slice() {
-            &[n, c, h, w] => (n, c, h, w),
-            &[c, h, w] => (1, c, h, w),
-            other => {
-                return Err(ModelError::Input(format!(
-                    "expected [N, 3, H, W], got {other:?}"
-                )));
+        let device = self.weights.device().clone();
+        let dtype = self.weights.dtype();
+        let (n, x) = match &mut self.pixels {
+            Some(pixels) => {
+                let x = pixels.network_input(input, &device, dtype)?;
+                (x.dim(0)?, x)
+            }
+            None => {
+                let (n, c, h, w) = match dims.as_slice() {
+                    &[n, c, h, w] => (n, c, h, w),
+                    &[c, h, w] => (1, c, h, w),
+                    other => {
+                        return Err(ModelError::Input(format!(
+                            "expected [N, 3, H, W], got {other:?}"
+                        )));
+                    }
+                };
+                let x = CTensor::from_vec(input.to_f32_vec()?, (n, c, h, w), &device)?;
+                (n, x.to_dtype(dtype)?)
             }
         };
-        let device = self.weights.device().clone();
-        let x = CTensor::from_vec(input.to_f32_vec()?, (n, c, h, w), &device)?
-            .to_dtype(self.weights.dtype())?;
         let logits = self
             .weights
             .get()?
