@@ -15,6 +15,8 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v hey >/dev/null || need_apt+=(hey)
 command -v pgrep >/dev/null || need_apt+=(procps)   # the replica fault test finds its victim by command line
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v readelf >/dev/null || need_apt+=(binutils)  # the CUDA stage checks the binary's NEEDED
+command -v c++ >/dev/null || need_apt+=(g++)           # models/torch/cuda_cache.cpp (torch stage)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

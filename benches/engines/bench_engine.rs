@@ -83,7 +83,9 @@ fn main() -> Result<()> {
         "median_ms": median_ms,
         "min_ms": ms.first(),
         "images_per_s": median_ms.map(|m| args.batch as f64 / (m / 1e3)),
-        "checksum": checksum,
+        "checksum": checksum.sum,
+        "abs_checksum": checksum.abs_sum,
+        "top1": checksum.top1,
     });
     if args.idle_tiers {
         line["idle_tiers"] = idle_tiers(model.as_mut(), inputs)?;
@@ -130,9 +132,26 @@ fn process_gpu_bytes(nvml: &Nvml) -> u64 {
         .sum()
 }
 
-fn forward_checksum(model: &mut dyn Model, inputs: &[Tensor]) -> Result<f64> {
+/// What two runs of one model on one input must agree on: the sum of the first output, the sum
+/// of its magnitudes (the scale a difference is judged against: a plain sum of logits may
+/// cancel to near zero) and the first row's top class.
+struct Checksum {
+    sum: f64,
+    abs_sum: f64,
+    top1: usize,
+}
+
+fn forward_checksum(model: &mut dyn Model, inputs: &[Tensor]) -> Result<Checksum> {
     let out = model.forward(inputs)?;
-    Ok(out[0].to_f32_vec()?.iter().map(|&v| f64::from(v)).sum())
+    let values = out[0].to_f32_vec()?;
+    let row = out[0].shape.last().copied().unwrap_or(values.len()).max(1);
+    Ok(Checksum {
+        sum: values.iter().map(|&v| f64::from(v)).sum(),
+        abs_sum: values.iter().map(|&v| f64::from(v).abs()).sum(),
+        top1: siesta_kernels::top_k(&values[..row.min(values.len())], 1)
+            .first()
+            .map_or(0, |s| s.index),
+    })
 }
 
 fn ms_since(t: Instant) -> f64 {

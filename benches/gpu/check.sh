@@ -85,15 +85,20 @@ fi
 : >"$OUT/siesta.jsonl"
 if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
   "$PY" "$ROOT/models/vision/make_vision.py" --arch "$ARCH" --out "$OUT/$ARCH" --format pth --torchscript >/dev/null
+  # One model, engine and precision at every batch size; a failure is recorded (with its error's
+  # tail) as skipped and ends that series.
+  series() { # DIR ENGINE PRECISION
+    for batch in $BATCHES; do
+      if ! RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$1" "$2" "$batch" "$ITERS" "$WARMUP" \
+        --device "$DEVICE" --precision "$3" >>"$OUT/siesta.jsonl" 2>"$OUT/bench-engine.err"; then
+        echo "{\"engine\": \"$2\", \"precision\": \"$3\", \"batch\": $batch, \"skipped\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()[-300:]))' <"$OUT/bench-engine.err")}" >>"$OUT/siesta.jsonl"
+        return
+      fi
+    done
+  }
   for precision in f16 f32; do
     for engine in candle torch; do
-      for batch in $BATCHES; do
-        if ! RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" "$engine" "$batch" "$ITERS" "$WARMUP" \
-          --device "$DEVICE" --precision "$precision" >>"$OUT/siesta.jsonl" 2>"$OUT/bench-engine.err"; then
-          echo "{\"engine\": \"$engine\", \"precision\": \"$precision\", \"batch\": $batch, \"skipped\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()[-300:]))' <"$OUT/bench-engine.err")}" >>"$OUT/siesta.jsonl"
-          break
-        fi
-      done
+      series "$OUT/$ARCH" "$engine" "$precision"
     done
   done
   # The same network taking UINT8 pixels [224, 224, 3]: a quarter of the upload, normalised into
@@ -107,10 +112,7 @@ cfg.update(max_batch_size=256, inputs=[{"name": "image", "datatype": "UINT8", "s
 json.dump(cfg, open(sys.argv[1], "w"))
 PYCFG
   for precision in f16 f32; do
-    for batch in $BATCHES; do
-      RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH-pixels" candle "$batch" "$ITERS" "$WARMUP" \
-        --device "$DEVICE" --precision "$precision" >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || break
-    done
+    series "$OUT/$ARCH-pixels" candle "$precision"
   done
   if [ "$DRY" = 0 ]; then
     timeout 120 "$ENGINE_BIN" "$OUT/$ARCH-pixels" candle 1 1 0 --device cpu | sed 's/^{/{"pixels_cpu_reference": true, /' \

@@ -108,7 +108,9 @@ fn main() -> Result<()> {
         // check.sh measures Siesta's ResNet-50 (f32) and its idle tiers next to this file.
         "not_measured_yet": [
             "parked with the CUDA context destroyed (the context is kept: resume <= 10 ms is the goal)",
-            "Siesta's kernels inside a replica's request path (uint8 in, top-k out)"
+            "the softmax + top-k kernel inside a replica's request path (Triton's classification \
+             extension ranks on the host; UINT8 pixel input does run the preprocessing kernel, \
+             measured by check.sh)"
         ],
     });
 

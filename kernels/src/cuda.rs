@@ -43,6 +43,31 @@ pub enum Precision {
     F16,
 }
 
+/// (lo, hi, frac): the two source pixels of each output row (or column) and the second's weight.
+type TapTables = (CudaSlice<i32>, CudaSlice<i32>, CudaSlice<f32>);
+
+/// [`CudaKernels::plan_preprocess`]'s tables on the device, for one image size and transform.
+pub struct PreprocessPlan {
+    height: u32,
+    width: u32,
+    channels: u32,
+    rows: TapTables,
+    cols: TapTables,
+    scale: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+    out_rows: i32,
+    out_cols: i32,
+    out_per_image: usize,
+    nchw: i32,
+}
+
+impl PreprocessPlan {
+    /// Whether images of this shape can use the plan.
+    pub fn fits(&self, height: u32, width: u32, channels: u32) -> bool {
+        (self.height, self.width, self.channels) == (height, width, channels)
+    }
+}
+
 /// The kernels loaded on one GPU.
 pub struct CudaKernels {
     stream: Arc<CudaStream>,
@@ -83,10 +108,6 @@ impl CudaKernels {
         })
     }
 
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
     pub fn device_name(&self) -> &str {
         &self.device_name
     }
@@ -116,95 +137,103 @@ impl CudaKernels {
             }
             batch.extend_from_slice(img.data);
         }
+        let plan = self.plan_preprocess(first, t, layout)?;
         let s = &self.stream;
         match precision {
             Precision::F32 => {
-                let out = self.preprocess_on_device_f32(&batch, first, t, layout)?;
+                let out = self.preprocess_on_device_f32(&plan, &batch)?;
                 s.clone_dtoh(&out).map_err(cuda)
             }
             Precision::F16 => {
-                let out = self.preprocess_on_device_f16(&batch, first, t, layout)?;
+                let out = self.preprocess_on_device_f16(&plan, &batch)?;
                 let host = s.clone_dtoh(&out).map_err(cuda)?;
                 Ok(host.into_iter().map(f32::from).collect())
             }
         }
     }
 
-    /// [`Self::preprocess`] for a model on this GPU: `batch` is whole images shaped like
-    /// `first` (which may be its first image), one after another; the f32 result stays on the
-    /// device, ordered on this object's stream.
-    pub fn preprocess_on_device_f32(
+    /// The device-side tables for images shaped like `image` (source taps per output row and
+    /// column, per-channel scale and bias): uploaded once and reused by every batch of that size,
+    /// so a batch costs one upload of its bytes and one launch.
+    pub fn plan_preprocess(
         &self,
-        batch: &[u8],
-        first: &ImageU8,
+        image: &ImageU8,
         t: &ImageTransform,
         layout: Layout,
+    ) -> Result<PreprocessPlan, KernelError> {
+        let (rows, cols) = t.taps(image)?;
+        let (scale, bias) = t.scale_bias();
+        let s = &self.stream;
+        let upload = |taps: &[crate::preprocess::Tap]| -> Result<TapTables, KernelError> {
+            let lo: Vec<i32> = taps.iter().map(|t| t.lo as i32).collect();
+            let hi: Vec<i32> = taps.iter().map(|t| t.hi as i32).collect();
+            let frac: Vec<f32> = taps.iter().map(|t| t.frac).collect();
+            Ok((
+                s.clone_htod(&lo).map_err(cuda)?,
+                s.clone_htod(&hi).map_err(cuda)?,
+                s.clone_htod(&frac).map_err(cuda)?,
+            ))
+        };
+        Ok(PreprocessPlan {
+            height: image.height,
+            width: image.width,
+            channels: image.channels,
+            rows: upload(&rows)?,
+            cols: upload(&cols)?,
+            scale: s.clone_htod(&scale).map_err(cuda)?,
+            bias: s.clone_htod(&bias).map_err(cuda)?,
+            out_rows: rows.len() as i32,
+            out_cols: cols.len() as i32,
+            out_per_image: t.output_len(),
+            nchw: i32::from(layout == Layout::Nchw),
+        })
+    }
+
+    /// Resize, crop and normalise `batch` (whole images of the plan's size, one after another)
+    /// into a device buffer of f32, ordered on this object's stream.
+    pub fn preprocess_on_device_f32(
+        &self,
+        plan: &PreprocessPlan,
+        batch: &[u8],
     ) -> Result<CudaSlice<f32>, KernelError> {
-        self.launch_preprocess(&self.preprocess_f32, batch, first, t, layout)
+        self.launch_preprocess(&self.preprocess_f32, plan, batch)
     }
 
     /// As [`Self::preprocess_on_device_f32`], in half precision (for f16 models: no conversion
     /// pass after it).
     pub fn preprocess_on_device_f16(
         &self,
+        plan: &PreprocessPlan,
         batch: &[u8],
-        first: &ImageU8,
-        t: &ImageTransform,
-        layout: Layout,
     ) -> Result<CudaSlice<half::f16>, KernelError> {
-        self.launch_preprocess(&self.preprocess_f16, batch, first, t, layout)
+        self.launch_preprocess(&self.preprocess_f16, plan, batch)
     }
 
     fn launch_preprocess<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         func: &CudaFunction,
+        plan: &PreprocessPlan,
         batch: &[u8],
-        first: &ImageU8,
-        t: &ImageTransform,
-        layout: Layout,
     ) -> Result<CudaSlice<T>, KernelError> {
-        let per_image = first.data.len();
+        let per_image = plan.height as usize * plan.width as usize * plan.channels as usize;
         if batch.is_empty() || !batch.len().is_multiple_of(per_image) {
             return Err(KernelError::Transform(format!(
                 "{} bytes are not whole {}x{}x{} images",
                 batch.len(),
-                first.height,
-                first.width,
-                first.channels
+                plan.height,
+                plan.width,
+                plan.channels
             )));
         }
         let count = batch.len() / per_image;
-        let (rows, cols) = t.taps(first)?;
-        let (scale, bias) = t.scale_bias();
         let s = &self.stream;
-        let lo =
-            |taps: &[crate::preprocess::Tap]| taps.iter().map(|t| t.lo as i32).collect::<Vec<_>>();
-        let hi =
-            |taps: &[crate::preprocess::Tap]| taps.iter().map(|t| t.hi as i32).collect::<Vec<_>>();
-        let frac =
-            |taps: &[crate::preprocess::Tap]| taps.iter().map(|t| t.frac).collect::<Vec<_>>();
         let d_src = s.clone_htod(batch).map_err(cuda)?;
-        let (d_row_lo, d_row_hi, d_row_frac) = (
-            s.clone_htod(&lo(&rows)).map_err(cuda)?,
-            s.clone_htod(&hi(&rows)).map_err(cuda)?,
-            s.clone_htod(&frac(&rows)).map_err(cuda)?,
-        );
-        let (d_col_lo, d_col_hi, d_col_frac) = (
-            s.clone_htod(&lo(&cols)).map_err(cuda)?,
-            s.clone_htod(&hi(&cols)).map_err(cuda)?,
-            s.clone_htod(&frac(&cols)).map_err(cuda)?,
-        );
-        let d_scale = s.clone_htod(&scale).map_err(cuda)?;
-        let d_bias = s.clone_htod(&bias).map_err(cuda)?;
-        let total = t.output_len() * count;
-        let args = (
+        let total = plan.out_per_image * count;
+        let dims = (
             count as i32,
-            first.height as i32,
-            first.width as i32,
-            first.channels as i32,
-            rows.len() as i32,
-            cols.len() as i32,
-            i32::from(layout == Layout::Nchw),
+            plan.height as i32,
+            plan.width as i32,
+            plan.channels as i32,
         );
         let blocks = (total as u64).div_ceil(u64::from(THREADS)).min(65_535) as u32;
         let cfg = LaunchConfig {
@@ -215,25 +244,26 @@ impl CudaKernels {
         let mut out = s.alloc_zeros::<T>(total).map_err(cuda)?;
         let mut b = s.launch_builder(func);
         b.arg(&d_src)
-            .arg(&args.0)
-            .arg(&args.1)
-            .arg(&args.2)
-            .arg(&args.3)
-            .arg(&d_row_lo)
-            .arg(&d_row_hi)
-            .arg(&d_row_frac)
-            .arg(&args.4)
-            .arg(&d_col_lo)
-            .arg(&d_col_hi)
-            .arg(&d_col_frac)
-            .arg(&args.5)
-            .arg(&d_scale)
-            .arg(&d_bias)
-            .arg(&args.6)
+            .arg(&dims.0)
+            .arg(&dims.1)
+            .arg(&dims.2)
+            .arg(&dims.3)
+            .arg(&plan.rows.0)
+            .arg(&plan.rows.1)
+            .arg(&plan.rows.2)
+            .arg(&plan.out_rows)
+            .arg(&plan.cols.0)
+            .arg(&plan.cols.1)
+            .arg(&plan.cols.2)
+            .arg(&plan.out_cols)
+            .arg(&plan.scale)
+            .arg(&plan.bias)
+            .arg(&plan.nchw)
             .arg(&mut out);
         // SAFETY: the argument list matches the kernel's signature in kernels.cu, every buffer
-        // holds what the kernel indexes (sizes computed above), and `func` writes `T` (the f32
-        // kernel for f32, the f16 one for f16: the two public callers pair them).
+        // holds what the kernel indexes (the plan's tables were made for images of this size),
+        // and `func` writes `T` (the f32 kernel for f32, the f16 one for f16: the two public
+        // callers pair them).
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(out)
     }

@@ -6,6 +6,8 @@
 
 use candle_core::{DType, Device, Tensor as CTensor};
 use rayon::prelude::*;
+#[cfg(feature = "cuda")]
+use siesta_kernels::cuda::{CudaKernels, PreprocessPlan};
 use siesta_kernels::{ImageTransform, ImageU8, Layout};
 
 use crate::error::ModelError;
@@ -15,9 +17,17 @@ pub struct PixelInput {
     /// Straight to the network's side (bilinear; the identity when the input already is that
     /// size), then the config's mean and std.
     transform: ImageTransform,
-    /// Loaded on the first GPU batch, on candle's stream.
+    /// Made on the first GPU batch, on candle's stream.
     #[cfg(feature = "cuda")]
-    kernels: Option<siesta_kernels::cuda::CudaKernels>,
+    gpu: Option<GpuPreprocess>,
+}
+
+/// The kernels on the model's GPU and the tables for the input's (fixed) image size, so a batch
+/// costs one upload of its bytes and one launch.
+#[cfg(feature = "cuda")]
+struct GpuPreprocess {
+    kernels: CudaKernels,
+    plan: Option<PreprocessPlan>,
 }
 
 fn input_error(e: impl std::fmt::Display) -> ModelError {
@@ -39,7 +49,7 @@ impl PixelInput {
         Ok(PixelInput {
             transform,
             #[cfg(feature = "cuda")]
-            kernels: None,
+            gpu: None,
         })
     }
 
@@ -99,26 +109,37 @@ impl PixelInput {
         use candle_core::cuda_backend::CudaStorage;
         use candle_core::op::BackpropOp;
 
-        let kernels = match &mut self.kernels {
-            Some(k) => k,
-            slot => slot.insert(
-                siesta_kernels::cuda::CudaKernels::on_stream(cuda.cuda_stream())
-                    .map_err(|e| ModelError::Device("cuda".into(), e.to_string()))?,
-            ),
-        };
-        let gpu = |e: siesta_kernels::KernelError| match e {
+        let device_error = |e: siesta_kernels::KernelError| match e {
             siesta_kernels::KernelError::Cuda(why) => ModelError::Device("cuda".into(), why),
             other => input_error(other),
         };
+        let gpu = match &mut self.gpu {
+            Some(g) => g,
+            slot => slot.insert(GpuPreprocess {
+                kernels: CudaKernels::on_stream(cuda.cuda_stream()).map_err(device_error)?,
+                plan: None,
+            }),
+        };
+        let fits = |p: &PreprocessPlan| p.fits(first.height, first.width, first.channels);
+        if !gpu.plan.as_ref().is_some_and(fits) {
+            gpu.plan = Some(
+                gpu.kernels
+                    .plan_preprocess(first, &self.transform, Layout::Nchw)
+                    .map_err(device_error)?,
+            );
+        }
+        let plan = gpu.plan.as_ref().expect("made above");
         let storage = if dtype == DType::F16 {
-            let out = kernels
-                .preprocess_on_device_f16(batch, first, &self.transform, Layout::Nchw)
-                .map_err(gpu)?;
+            let out = gpu
+                .kernels
+                .preprocess_on_device_f16(plan, batch)
+                .map_err(device_error)?;
             CudaStorage::wrap_cuda_slice(out, cuda.clone())
         } else {
-            let out = kernels
-                .preprocess_on_device_f32(batch, first, &self.transform, Layout::Nchw)
-                .map_err(gpu)?;
+            let out = gpu
+                .kernels
+                .preprocess_on_device_f32(plan, batch)
+                .map_err(device_error)?;
             CudaStorage::wrap_cuda_slice(out, cuda.clone())
         };
         let x = CTensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false);
