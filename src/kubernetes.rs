@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use siesta_k8s::crd::{self, SIESTA_GROUP};
 use siesta_k8s::desired::Settings;
+use siesta_lifecycle::backend::Listening;
 
 #[derive(Parser)]
 pub struct CrdArgs {
@@ -136,9 +137,13 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<()> {
     siesta_k8s::gateway::run(
         client,
         cfg,
+        // gRPC (h2c) shares the gateway's port.
         |addr| {
-            println!("siesta gateway listening http={addr}");
-            let _ = std::io::stdout().flush();
+            Listening {
+                http: addr,
+                grpc: Some(addr),
+            }
+            .announce()
         },
         crate::up::shutdown_signal(),
     )

@@ -9,7 +9,6 @@ mod simulate;
 mod status;
 mod up;
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,11 +16,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use siesta_lifecycle::autoscaler::DeciderSpec;
+use siesta_lifecycle::autoscaler::duration::parse_flag_duration;
 use siesta_lifecycle::autoscaler::spec::DeciderSpecFile;
+use siesta_lifecycle::backend::Listening;
 use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
 use siesta_models::{DeviceSpec, Precision};
-use siesta_runtime::lifecycle::IdlePolicy;
+use siesta_runtime::idle::IdlePolicy;
 use siesta_runtime::registry::{ModelLocation, RegistryOptions};
 use siesta_runtime::transformer::TransformerConfig;
 use siesta_runtime::{ServeConfig, StopReason};
@@ -87,16 +88,16 @@ enum Command {
 #[derive(clap::Args)]
 struct ScalingArgs {
     /// Knative's stable window.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_flag_duration)]
     stable_window: Duration,
     /// Knative's panic window, as a percentage of the stable window.
     #[arg(long, default_value_t = 10.0)]
     panic_window_percentage: f64,
     /// How long a component stays in the gateway's path before its last replica goes.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     scale_to_zero_grace: Duration,
     /// Decision tick (down to 100ms).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_flag_duration)]
     tick: Duration,
     /// Knative's target-burst-capacity (0: gateway only at zero; -1: always).
     #[arg(long, default_value_t = 211.0, allow_hyphen_values = true)]
@@ -183,7 +184,7 @@ enum ScaleCommand {
         #[arg(long)]
         trace: PathBuf,
         /// Time from asking for a replica to its readiness.
-        #[arg(long, default_value = "30ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "30ms", value_parser = parse_flag_duration)]
         cold_start: Duration,
         /// Print the timeline and summary as JSON.
         #[arg(long)]
@@ -231,7 +232,7 @@ struct ServeArgs {
     #[arg(long)]
     max_batch_size: Option<usize>,
     /// How long a batch waits to fill, e.g. 2ms (overrides the model config).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_flag_duration)]
     max_queue_delay: Option<Duration>,
     /// Requests queued or running per model before new ones get 429.
     #[arg(long, default_value_t = 256)]
@@ -240,19 +241,19 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
     /// How long a client may take to send its request body.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     body_timeout: Duration,
     /// How long a request may wait for its result.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_flag_duration)]
     request_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     drain_timeout: Duration,
     /// Give the model's device memory back after this long without requests (weights stay in host memory).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_flag_duration)]
     idle_release_after: Option<Duration>,
     /// Drain and exit 0 after this long without requests.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_flag_duration)]
     idle_exit_after: Option<Duration>,
     /// Local paths must stay under this directory.
     #[arg(long)]
@@ -291,31 +292,6 @@ enum TransformerKind {
 
 /// `storageUri: siesta://mnist` names the model compiled into the binary.
 const EMBEDDED_URI: &str = "siesta://mnist";
-
-/// Durations as `500ms`, `2s`, `5m`, `1h`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 2s, 5m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" => n / 1e6,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{s}': unknown unit '{unit}' (use us, ms, s, m, h)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -452,8 +428,7 @@ fn main() -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(siesta_runtime::transformer::run(cfg, |http| {
-                println!("siesta listening http={http} grpc=off");
-                let _ = std::io::stdout().flush();
+                Listening { http, grpc: None }.announce()
             }))?;
             rt.shutdown_timeout(Duration::from_secs(1));
             Ok(())
@@ -468,9 +443,7 @@ fn main() -> Result<()> {
                 .context("starting the async runtime")?;
             let reason = rt.block_on(siesta_runtime::run(cfg, |http, grpc| {
                 // One machine-readable line on stdout, so scripts and tests learn the ports.
-                let grpc = grpc.map_or("off".to_string(), |g| g.to_string());
-                println!("siesta listening http={http} grpc={grpc}");
-                let _ = std::io::stdout().flush();
+                Listening { http, grpc }.announce()
             }))?;
             if reason == StopReason::Idle {
                 tracing::info!("exited after idle");
@@ -479,20 +452,5 @@ fn main() -> Result<()> {
             rt.shutdown_timeout(Duration::from_secs(1));
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("ms").is_err());
     }
 }

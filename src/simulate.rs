@@ -10,7 +10,8 @@ use siesta_lifecycle::simulate::{TraceRequest, simulate};
 pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let isvc = manifest::parse(&text, &ClusterDefaults::default())
+    let defaults = ClusterDefaults::default();
+    let isvc = manifest::parse(&text, &defaults)
         .with_context(|| format!("in {}", config.display()))?
         .remove(0);
     let requests: Vec<TraceRequest> = std::fs::read_to_string(trace)
@@ -30,11 +31,21 @@ pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Res
         .filter(|r| r.component.as_ref().is_none_or(|c| *c == component))
         .collect();
     let p = &isvc.predictor;
-    let report = simulate(&p.scaling, p.container_concurrency, &requests, cold_start);
+    let report = simulate(
+        &p.scaling,
+        p.container_concurrency,
+        defaults.enable_scale_to_zero,
+        &requests,
+        cold_start,
+    );
     if json {
         println!(
             "{}",
-            serde_json::json!({"timeline": report.timeline, "summary": report.summary})
+            serde_json::json!({
+                "timeline": report.timeline,
+                "scale_requests": report.scale_requests,
+                "summary": report.summary,
+            })
         );
         return Ok(());
     }

@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use siesta_lifecycle::status::StatusDocument;
 
 pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
     let url = format!("http://{gateway}/siesta/status");
-    let doc: Value = reqwest::blocking::Client::builder()
+    let doc: StatusDocument = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?
         .get(&url)
@@ -34,57 +34,44 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         "PANIC",
         "MODE"
     );
-    for c in doc["components"].as_array().into_iter().flatten() {
+    for c in &doc.components {
         // Each replica with the GPU it was placed on, e.g. "flowers-predictor-3@gpu1".
-        let mut replicas: Vec<String> = c["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let name = e["replica"].as_str()?;
-                Some(match e["gpu"].as_u64() {
-                    Some(g) => format!("{name}@gpu{g}"),
-                    None => name.to_string(),
-                })
+        let mut replicas: Vec<String> = c
+            .endpoints
+            .iter()
+            .map(|e| match e.gpu {
+                Some(g) => format!("{}@gpu{g}", e.replica),
+                None => e.replica.clone(),
             })
             .collect();
-        if let Some(why) = c["pending"].as_str() {
+        if let Some(why) = &c.pending {
             replicas.push(format!("(pending: {why})"));
         }
-        let a = &c["autoscaler"];
+        let a = &c.autoscaler;
         println!(
             "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",
-            c["component"].as_str().unwrap_or("?"),
-            c["desired"].to_string(),
-            c["ready"].to_string(),
-            c["starting"].to_string(),
-            c["in_flight"].to_string(),
-            c["waiting"].to_string(),
-            format!(
-                "{:.2} {}",
-                c["target"].as_f64().unwrap_or(0.0),
-                c["metric"].as_str().unwrap_or("")
-            ),
-            c["container_concurrency"].to_string(),
-            a["stable"].as_f64().unwrap_or(0.0),
-            a["panic"].as_f64().unwrap_or(0.0),
-            if a["panicking"].as_bool().unwrap_or(false) {
-                "panic"
-            } else {
-                "-"
-            },
+            c.component,
+            c.desired,
+            c.ready,
+            c.starting,
+            c.in_flight,
+            c.waiting,
+            format!("{:.2} {}", c.target, c.metric.as_str()),
+            c.container_concurrency,
+            a.stable,
+            a.panic,
+            if a.panicking { "panic" } else { "-" },
             replicas.join(" ")
         );
     }
-    for g in doc["gpus"].as_array().into_iter().flatten() {
+    for g in &doc.gpus {
         println!(
             "GPU {} {}: {} of {} MiB free, {}% busy",
-            g["index"],
-            g["name"].as_str().unwrap_or("?"),
-            g["free_bytes"].as_u64().unwrap_or(0) >> 20,
-            g["total_bytes"].as_u64().unwrap_or(0) >> 20,
-            g["utilization_percent"]
-                .as_u64()
+            g.index,
+            g.name,
+            g.free_bytes >> 20,
+            g.total_bytes >> 20,
+            g.utilization_percent
                 .map_or("?".to_string(), |u| u.to_string())
         );
     }

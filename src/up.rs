@@ -1,10 +1,10 @@
 //! `siesta up`: turns flags into cluster defaults and runs the lifecycle manager until SIGTERM.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use siesta_lifecycle::backend::Listening;
 use siesta_lifecycle::backend::gpu::{GpuInventory, Nvml, SimulatedGpus};
 use siesta_lifecycle::manifest;
 use siesta_lifecycle::up::{self as lifecycle_up, GpuMemoryEstimate, UpConfig};
@@ -63,9 +63,13 @@ pub async fn run(a: UpArgs) -> Result<()> {
     };
     lifecycle_up::run(
         cfg,
+        // gRPC (h2c) shares the gateway's port.
         |addr| {
-            println!("siesta gateway listening http={addr}");
-            let _ = std::io::stdout().flush();
+            Listening {
+                http: addr,
+                grpc: Some(addr),
+            }
+            .announce()
         },
         shutdown_signal(),
     )
@@ -105,15 +109,14 @@ fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)]) -> Option<u64> {
 }
 
 pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping the gateway and every replica"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping the gateway and every replica"),
+    match siesta_runtime::signals::ShutdownSignal::register() {
+        Ok(signal) => {
+            let name = signal.recv().await;
+            tracing::info!("{name}: stopping the gateway and every replica");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
+            std::future::pending().await
+        }
     }
 }

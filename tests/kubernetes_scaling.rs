@@ -8,8 +8,6 @@
 //! Windows are shortened (stable 6 s, grace 1 s, tick 200 ms) as in tests/up_scenarios.rs.
 
 mod common;
-#[path = "../k8s/tests/fake_api/mod.rs"]
-mod fake_api;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,11 +15,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_api::FakeApi;
 use serde_json::{Value, json};
 use siesta_k8s::desired::Settings;
 use siesta_k8s::gateway::GatewayConfig;
+use siesta_lifecycle::backend::Listening;
 use siesta_lifecycle::manifest::ClusterDefaults;
+use siesta_testkit::fake_kube::FakeApi;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -129,13 +128,7 @@ async fn start_pod(api: &FakeApi, deployment: &Value, n: usize) -> PodProcess {
         .read_line(&mut line)
         .await
         .unwrap();
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse::<SocketAddr>().ok())
-    };
-    let http = field("http=").unwrap_or_else(|| panic!("listening line: {line}"));
-    let grpc = field("grpc=");
+    let Listening { http, grpc } = line.parse().expect("the listening line");
     let dep_name = deployment["metadata"]["name"].as_str().unwrap();
     api.insert(
         &pod_path(&name),

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use siesta_lifecycle::backend::Listening;
 
 struct Up {
     child: Child,
@@ -56,11 +57,7 @@ impl Up {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let gateway = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .expect("listening line")
-            .to_string();
+        let gateway = line.parse::<Listening>().expect("the listening line").http;
         Up {
             child,
             gateway: format!("http://{gateway}"),

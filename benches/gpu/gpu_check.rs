@@ -6,15 +6,14 @@
 //!
 //! `gpu-check RESULTS.json`
 
-#[path = "../../kernels/tests/support/mod.rs"]
-mod support;
-
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use siesta_kernels::cuda::{CudaKernels, Precision, driver_present};
+use siesta_kernels::Precision;
+use siesta_kernels::cuda::{CudaKernels, driver_present};
 use siesta_kernels::{ImageTransform, ImageU8, Layout, softmax_top_k};
+use siesta_testkit::pixels::pixels;
 
 /// A camera-sized batch: 64 images of 375x500 (ImageNet's most common size) to 224x224.
 const BATCH: usize = 64;
@@ -68,13 +67,13 @@ fn main() -> Result<()> {
         std: vec![0.229, 0.224, 0.225],
     };
     let data: Vec<Vec<u8>> = (0..BATCH)
-        .map(|i| support::pixels(HEIGHT * WIDTH * 3, i as u64))
+        .map(|i| pixels(HEIGHT * WIDTH * 3, i as u64))
         .collect();
     let images: Vec<ImageU8> = data
         .iter()
         .map(|d| ImageU8::new(d, HEIGHT as u32, WIDTH as u32, 3))
         .collect::<Result<_, _>>()?;
-    let logits: Vec<f32> = support::pixels(ROWS * CLASSES, 99)
+    let logits: Vec<f32> = pixels(ROWS * CLASSES, 99)
         .iter()
         .map(|&b| b as f32 / 16.0 - 8.0)
         .collect();

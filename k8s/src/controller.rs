@@ -16,11 +16,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use siesta_lifecycle::manifest::ComponentKind;
 
 use crate::crd::{
     ComponentStatus, Condition, InferenceService, InferenceServiceSpec, InferenceServiceStatus,
 };
-use crate::desired::{self, Kind, Settings};
+use crate::desired::{self, Settings};
 use crate::error::ControllerError;
 
 /// The field manager of everything the controller applies.
@@ -121,7 +122,7 @@ pub async fn reconcile(
     }
     if isvc.spec.transformer.is_none() {
         // A transformer removed from the spec: its objects go too.
-        let object = desired::object_name(&isvc, Kind::Transformer);
+        let object = desired::object_name(&isvc, ComponentKind::Transformer);
         ignore_missing(
             deployments
                 .delete(&object, &DeleteParams::default())

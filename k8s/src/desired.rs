@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use serde_json::{Value, json};
+
+use siesta_lifecycle::manifest::{self, ClusterDefaults, ComponentKind};
+use siesta_lifecycle::replica::{Replica, Role, Site, replica};
 
 use crate::crd::{ComponentSpec, InferenceService};
 use crate::error::ControllerError;
@@ -20,8 +23,6 @@ pub const LABEL_COMPONENT: &str = "serving.siesta.dev/component";
 pub const HTTP_PORT: i32 = 8080;
 pub const GRPC_PORT: i32 = 8081;
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
-/// KServe's image transformer; Siesta runs its own transformer in its place.
-const IMAGE_TRANSFORMER: &str = "kserve/image-transformer";
 
 /// Cluster-wide settings of the controller.
 #[derive(Debug, Clone)]
@@ -54,35 +55,20 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Predictor,
-    Transformer,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Predictor => "predictor",
-            Kind::Transformer => "transformer",
-        }
-    }
-}
-
 /// The components an InferenceService has, in order.
-pub fn components(isvc: &InferenceService) -> Vec<(Kind, &ComponentSpec)> {
-    let mut out = vec![(Kind::Predictor, &isvc.spec.predictor)];
+pub fn components(isvc: &InferenceService) -> Vec<(ComponentKind, &ComponentSpec)> {
+    let mut out = vec![(ComponentKind::Predictor, &isvc.spec.predictor)];
     if let Some(t) = &isvc.spec.transformer {
-        out.push((Kind::Transformer, t));
+        out.push((ComponentKind::Transformer, t));
     }
     out
 }
 
-pub fn object_name(isvc: &InferenceService, kind: Kind) -> String {
+pub fn object_name(isvc: &InferenceService, kind: ComponentKind) -> String {
     format!("{}-{}", isvc.name_any(), kind.as_str())
 }
 
-fn labels(isvc: &InferenceService, kind: Kind) -> BTreeMap<String, String> {
+fn labels(isvc: &InferenceService, kind: ComponentKind) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_SERVICE.to_string(), isvc.name_any()),
         (LABEL_COMPONENT.to_string(), kind.as_str().to_string()),
@@ -94,7 +80,7 @@ fn labels(isvc: &InferenceService, kind: Kind) -> BTreeMap<String, String> {
 }
 
 /// Name, namespace, labels, and the InferenceService as owner, so deleting it deletes them.
-fn metadata(isvc: &InferenceService, kind: Kind, s: &Settings) -> Value {
+fn metadata(isvc: &InferenceService, kind: ComponentKind, s: &Settings) -> Value {
     let mut m = json!({
         "name": object_name(isvc, kind),
         "namespace": isvc.namespace(),
@@ -134,142 +120,102 @@ pub fn wants_gpu(c: &ComponentSpec) -> bool {
     model_gpu || container_gpu
 }
 
-/// The containers of one component's pods.
-fn containers(
+/// The InferenceService as the lifecycle manager reads it (checked as a manifest file is): what
+/// the gateway scales and the shared replica template (`siesta_lifecycle::replica`) runs.
+pub fn as_manifest(
     isvc: &InferenceService,
-    kind: Kind,
-    c: &ComponentSpec,
-    s: &Settings,
-) -> Result<Vec<Value>, ControllerError> {
-    let name = isvc.name_any();
-    let invalid = |reason: String| ControllerError::Invalid {
-        name: name.clone(),
-        reason,
-    };
-    let probes = |port: i32| {
-        json!({
-            // Ready only once the model is loaded and warmed up (kserve#2882): /v2/health/ready
-            // answers 503 until then.
-            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": port}, "periodSeconds": 2},
-            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": port}, "periodSeconds": 10},
-            "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": port}, "periodSeconds": 5,
-                             "failureThreshold": (s.startup_deadline_secs / 5).max(1)},
-            // Let the endpoint removal reach the gateway before SIGTERM starts the drain.
-            "lifecycle": {"preStop": {"sleep": {"seconds": 3}}},
-        })
-    };
-    let mut serve = vec![
-        "serve".to_string(),
-        "--host".into(),
-        "0.0.0.0".into(),
-        "--http-port".into(),
-        HTTP_PORT.to_string(),
-    ];
-    if let Some(cc) = c.container_concurrency.filter(|&cc| cc > 0) {
-        // queue-proxy's admission: CC running + 10 x CC queued.
-        serve.extend(["--queue-limit".into(), (cc * 11).to_string()]);
-    }
-    serve.extend(["--drain-timeout".into(), format!("{}s", s.drain_secs)]);
-    if let Some(m) = &c.model {
-        serve.extend([
-            "--model-name".into(),
-            name.clone(),
-            "--grpc-port".into(),
-            GRPC_PORT.to_string(),
-            "--model-format".into(),
-            m.model_format.name.clone(),
-            "--device".into(),
-            if wants_gpu(c) { "auto" } else { "cpu" }.into(),
-        ]);
-        if let Some(uri) = &m.storage_uri {
-            serve.extend(["--storage-uri".into(), uri.clone()]);
-        }
-        if let Some(rt) = &m.runtime {
-            serve.extend(["--runtime".into(), rt.clone()]);
-        }
-        serve.extend(m.args.iter().cloned());
-        let mut ct = json!({
-            "name": "kserve-container",
-            "image": s.image,
-            "args": serve,
-            "env": m.env,
-            "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
-        });
-        if let Some(r) = &m.resources {
-            ct["resources"] = serde_json::to_value(r).expect("serializable");
-        }
-        merge(&mut ct, probes(HTTP_PORT));
-        return Ok(vec![ct]);
-    }
-    let Some(given) = c.containers.as_ref().filter(|v| !v.is_empty()) else {
-        return Err(invalid(format!(
-            "{} has neither model nor containers",
-            kind.as_str()
-        )));
-    };
-    if kind == Kind::Transformer
-        && given.len() == 1
-        && given[0]
-            .image
-            .as_deref()
-            .is_some_and(|i| i.starts_with(IMAGE_TRANSFORMER))
-    {
-        let model = model_name_arg(&given[0]).unwrap_or_else(|| name.clone());
-        serve.extend([
-            "--transformer".into(),
-            "image".into(),
-            "--no-grpc".into(),
-            "--model-name".into(),
-            model,
-            "--predictor-url".into(),
-            format!("http://{}", s.gateway),
-            "--predictor-host".into(),
-            format!("{name}-predictor"),
-            "--predictor-model".into(),
-            name.clone(),
-        ]);
-        let mut ct = json!({
-            "name": "kserve-container",
-            "image": s.image,
-            "args": serve,
-            "env": given[0].env,
-            "ports": [{"name": "http", "containerPort": HTTP_PORT}],
-        });
-        if let Some(r) = &given[0].resources {
-            ct["resources"] = serde_json::to_value(r).expect("serializable");
-        }
-        merge(&mut ct, probes(HTTP_PORT));
-        return Ok(vec![ct]);
-    }
-    // The user's own containers run as given (KServe's contract: the first serves on 8080).
-    Ok(given
-        .iter()
-        .map(|ct| serde_json::to_value(ct).expect("serializable"))
-        .collect())
-}
-
-/// `--model_name X` / `--model_name=X` in a KServe transformer container's args.
-fn model_name_arg(c: &Container) -> Option<String> {
-    let args = c.args.as_deref().unwrap_or_default();
-    args.iter().enumerate().find_map(|(i, a)| {
-        if let Some(v) = a.strip_prefix("--model_name=") {
-            return Some(v.to_string());
-        }
-        (a == "--model_name")
-            .then(|| args.get(i + 1).cloned())
-            .flatten()
+    defaults: &ClusterDefaults,
+) -> Result<manifest::InferenceService, ControllerError> {
+    let spec = serde_json::to_value(&isvc.spec).expect("serializable");
+    let doc = json!({
+        "apiVersion": format!("{}/v1beta1", crate::crd::SIESTA_GROUP),
+        "kind": "InferenceService",
+        "metadata": {"name": isvc.name_any(), "namespace": isvc.namespace(),
+                     "annotations": isvc.metadata.annotations.clone().unwrap_or_default()},
+        "spec": spec,
+    });
+    manifest::from_json(doc, defaults).map_err(|e| ControllerError::Invalid {
+        name: isvc.name_any(),
+        reason: e.to_string(),
     })
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
+/// The containers of one component's pods.
+fn containers(
+    isvc: &InferenceService,
+    kind: ComponentKind,
+    c: &ComponentSpec,
+    s: &Settings,
+) -> Result<Vec<Value>, ControllerError> {
+    let checked = as_manifest(isvc, &ClusterDefaults::default())?;
+    let component = match kind {
+        ComponentKind::Predictor => &checked.predictor,
+        ComponentKind::Transformer => checked
+            .transformer
+            .as_ref()
+            .expect("a transformer spec is a transformer component"),
+    };
+    let site = Site::Pod {
+        gateway: s.gateway.clone(),
+        http_port: HTTP_PORT as u16,
+        grpc_port: GRPC_PORT as u16,
+        drain: std::time::Duration::from_secs(s.drain_secs.max(0) as u64),
+        gpu: wants_gpu(c),
+    };
+    let serve = match replica(&checked, component, &site) {
+        Replica::Serve(serve) => serve,
+        // The user's own containers run as given (KServe's contract: the first serves on 8080).
+        Replica::Containers(_) => {
+            return Ok(c
+                .containers
+                .iter()
+                .flatten()
+                .map(|ct| serde_json::to_value(ct).expect("serializable"))
+                .collect());
+        }
+    };
+    // Environment and resources as the cluster states them (`valueFrom` secrets, GPU limits).
+    let (env, resources, ports) = match (serve.role, &c.model, c.containers.as_deref()) {
+        (Role::Model { .. }, Some(m), _) => (
+            json!(m.env),
+            m.resources.as_ref(),
+            json!([{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}]),
+        ),
+        (Role::ImageTransformer { .. }, _, Some([given])) => (
+            json!(given.env),
+            given.resources.as_ref(),
+            json!([{"name": "http", "containerPort": HTTP_PORT}]),
+        ),
+        _ => unreachable!(
+            "the template serves a model spec's model or the one transformer container"
+        ),
+    };
+    let mut args = vec!["serve".to_string()];
+    args.extend(serve.args);
+    let mut ct = json!({
+        "name": "kserve-container",
+        "image": s.image,
+        "args": args,
+        "env": env,
+        "ports": ports,
+        // Ready only once the model is loaded and warmed up (kserve#2882): /v2/health/ready
+        // answers 503 until then.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10},
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 5,
+                         "failureThreshold": (s.startup_deadline_secs / 5).max(1)},
+        // Let the endpoint removal reach the gateway before SIGTERM starts the drain.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 3}}},
+    });
+    if let Some(r) = resources {
+        ct["resources"] = serde_json::to_value(r).expect("serializable");
     }
+    Ok(vec![ct])
 }
 
 pub fn deployment(
     isvc: &InferenceService,
-    kind: Kind,
+    kind: ComponentKind,
     c: &ComponentSpec,
     s: &Settings,
 ) -> Result<Deployment, ControllerError> {
@@ -319,7 +265,7 @@ pub fn deployment(
     })
 }
 
-pub fn service(isvc: &InferenceService, kind: Kind, s: &Settings) -> Service {
+pub fn service(isvc: &InferenceService, kind: ComponentKind, s: &Settings) -> Service {
     let labels = labels(isvc, kind);
     let value = json!({
         "apiVersion": "v1",
@@ -403,7 +349,7 @@ spec:
         let isvc = isvc(GPU);
         let d = deployment(
             &isvc,
-            Kind::Predictor,
+            ComponentKind::Predictor,
             &isvc.spec.predictor,
             &Settings::default(),
         )
@@ -441,8 +387,12 @@ spec:
         ] {
             assert!(args.contains(&want), "{want} in {args:?}");
         }
-        let svc =
-            serde_json::to_value(service(&isvc, Kind::Predictor, &Settings::default())).unwrap();
+        let svc = serde_json::to_value(service(
+            &isvc,
+            ComponentKind::Predictor,
+            &Settings::default(),
+        ))
+        .unwrap();
         assert_eq!(svc["spec"]["selector"][LABEL_COMPONENT], "predictor");
     }
 
@@ -450,7 +400,7 @@ spec:
     fn kserves_image_transformer_becomes_siestas_calling_the_predictor_through_the_gateway() {
         let isvc = isvc(include_str!("../../deploy/examples/autoscale-adv.yaml"));
         let t = isvc.spec.transformer.as_ref().unwrap();
-        let d = deployment(&isvc, Kind::Transformer, t, &Settings::default()).unwrap();
+        let d = deployment(&isvc, ComponentKind::Transformer, t, &Settings::default()).unwrap();
         let v = serde_json::to_value(&d).unwrap();
         let args = v["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         for want in [
@@ -471,14 +421,15 @@ spec:
         );
         let err = deployment(
             &isvc,
-            Kind::Predictor,
+            ComponentKind::Predictor,
             &isvc.spec.predictor,
             &Settings::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains('x') && err.contains("neither model nor containers"),
+            err.contains('x')
+                && err.contains("spec.predictor.model: a component needs a model or containers"),
             "{err}"
         );
     }

@@ -17,9 +17,9 @@ use serde_json::json;
 use siesta_lifecycle::autoscaler::live::LiveAutoscaler;
 use siesta_lifecycle::backend::{ComponentKey, ReplicaBackend};
 use siesta_lifecycle::gateway::pool::Pool;
-use siesta_lifecycle::gateway::{Gateway, MetricsRender, Route, Routes};
+use siesta_lifecycle::gateway::{self, BindError, Gateway, MetricsRender, Route, Routes};
 use siesta_lifecycle::manifest::{self, ClusterDefaults};
-use siesta_lifecycle::up::{ComponentScalingView, status_json};
+use siesta_lifecycle::status::{ComponentStatus, ScalingView, StatusDocument, Watched};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Clock, KubeBackend};
@@ -41,22 +41,13 @@ pub struct GatewayConfig {
     pub clock: Clock,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
 /// One InferenceService being served.
 struct Installed {
     /// Spec and annotations as last installed: a change reinstalls the service.
     fingerprint: String,
     keys: Vec<ComponentKey>,
     autoscalers: Vec<JoinHandle<()>>,
-    pools: Vec<(Arc<Pool>, ComponentScalingView)>,
+    pools: Vec<Watched>,
 }
 
 struct Services {
@@ -135,7 +126,7 @@ impl Services {
                          "annotations": obj.metadata.annotations.clone().unwrap_or_default()},
             "spec": obj.data["spec"],
         });
-        let isvc = manifest::parse(&doc.to_string(), &self.defaults)?.remove(0);
+        let isvc = manifest::from_json(doc, &self.defaults)?;
         let mut keys = Vec::new();
         let mut autoscalers = Vec::new();
         let mut pools = Vec::new();
@@ -162,7 +153,7 @@ impl Services {
                 }
                 .run(),
             ));
-            pools.push((pool.clone(), ComponentScalingView::of(c)));
+            pools.push((pool.clone(), ScalingView::of(c)));
             route_pools.push((pool, c.timeout));
             keys.push(key);
         }
@@ -198,16 +189,17 @@ impl Services {
         tracing::info!(namespace = %ns, service = %name, "no longer serving");
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> StatusDocument {
         let installed = self.installed.lock();
-        let components: Vec<serde_json::Value> = installed
-            .values()
-            .flat_map(|i| {
-                let doc = status_json(&i.pools, &self.backend, None);
-                doc["components"].as_array().cloned().unwrap_or_default()
-            })
-            .collect();
-        json!({"components": components, "gpus": []})
+        StatusDocument {
+            components: installed
+                .values()
+                .flat_map(|i| &i.pools)
+                .map(|(pool, view)| ComponentStatus::read(pool, view, &self.backend))
+                .collect(),
+            // The nodes' GPUs are the cluster's to report (e.g. DCGM's exporter).
+            gpus: Vec::new(),
+        }
     }
 }
 
@@ -217,7 +209,7 @@ pub async fn run(
     cfg: GatewayConfig,
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), GatewayError> {
+) -> Result<(), BindError> {
     let backend = KubeBackend::new(
         client.clone(),
         cfg.namespace.as_deref().unwrap_or("default"),
@@ -239,16 +231,7 @@ pub async fn run(
     };
     let follower = tokio::spawn(follow_services(api, resource, services.clone()));
 
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: cfg.addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
-        addr: cfg.addr,
-        source,
-    })?;
+    let (listener, addr) = gateway::bind(cfg.addr).await?;
     on_listening(addr);
     let status_services = services.clone();
     let app = Gateway::with_routes(

@@ -1,6 +1,14 @@
-//! Siesta on Kubernetes. [`crd`] is the `InferenceService` custom resource (KServe's v1beta1
-//! spec; its schema is generated from these types); [`desired`] turns one into the Deployment
-//! and Service each component needs; [`controller`] applies them with kube-rs and writes status.
+//! Siesta on Kubernetes.
+//!
+//! Owns: the `InferenceService` custom resource ([`crd`]: KServe's v1beta1 spec, its schema
+//! generated from these types), the Deployment and Service each component needs ([`desired`],
+//! whose `siesta serve` arguments come from the lifecycle's shared replica template), the
+//! controller that applies them with kube-rs and writes status ([`controller`]), the replica
+//! backend on Deployments and EndpointSlices ([`backend`]), and `siesta gateway` in a cluster
+//! ([`gateway`]).
+//!
+//! Must not depend on: the inference server or the models (`siesta-runtime`, `siesta-models`);
+//! the autoscaling rules, manifest checks and templates are `siesta-lifecycle`'s, used, not copied.
 
 pub mod backend;
 pub mod controller;

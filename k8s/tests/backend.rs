@@ -4,17 +4,15 @@
 //! subresource, endpoints arrive through watches (no polling) and only once ready, and a GPU pod
 //! waiting for its node is kept until the startup deadline (kserve#1247).
 
-mod fake_api;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_api::FakeApi;
 use k8s_openapi::jiff::{Timestamp, ToSpan};
 use serde_json::{Value, json};
 use siesta_k8s::backend::KubeBackend;
 use siesta_lifecycle::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use siesta_lifecycle::manifest::ComponentKind;
+use siesta_testkit::fake_kube::FakeApi;
 
 const NS: &str = "models";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/models/deployments/m-predictor";

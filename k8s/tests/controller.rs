@@ -2,15 +2,13 @@
 //! does not do): the five scenario manifests become the expected Deployments and Services, the
 //! replicas the autoscaler sets (0 -> N -> 0) show in the status, and removed components go.
 
-mod fake_api;
-
 use std::sync::Arc;
 
-use fake_api::FakeApi;
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 use siesta_k8s::controller::{Context, reconcile};
 use siesta_k8s::desired::Settings;
+use siesta_testkit::fake_kube::FakeApi;
 
 const NS: &str = "models";
 
@@ -227,7 +225,8 @@ async fn a_transformer_removed_from_the_spec_is_deleted_and_bad_specs_are_errors
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&name) && err.contains("neither model nor containers"),
+        err.contains(&name)
+            && err.contains("spec.predictor.model: a component needs a model or containers"),
         "{err}"
     );
 }

@@ -14,6 +14,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::Precision;
 use crate::error::KernelError;
 use crate::preprocess::{ImageTransform, ImageU8, Layout};
 use crate::topk::Scored;
@@ -34,13 +35,6 @@ pub fn driver_present() -> bool {
         .iter()
         // SAFETY: loading libcuda runs only the driver's own initialisers.
         .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
-}
-
-/// The output element type of the preprocessing kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    F16,
 }
 
 /// (lo, hi, frac): the two source pixels of each output row (or column) and the second's weight.

@@ -1,16 +1,21 @@
 //! Fused pre- and post-processing kernels for image classifiers.
 //!
+//! Owns: uint8 images -> resized, cropped, normalised network input in one pass, and softmax +
+//! top-k, each as a CPU reference and (feature `cuda`) a CUDA version checked against it.
 //! Each kernel does its whole job in one pass over the output (no intermediate resized image,
-//! no full sort of the scores), which is the shape its CUDA version will have; these CPU
-//! versions are the reference the GPU ones are checked against, and what the image transformer
-//! and CPU replicas run.
+//! no full sort of the scores).
+//!
+//! Must not depend on: any other Siesta crate (models, the server and the transformer build on
+//! it), nor on a CUDA library at link time (the driver is opened at run time).
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod precision;
 pub mod preprocess;
 pub mod topk;
 
 pub use error::KernelError;
+pub use precision::Precision;
 pub use preprocess::{ImageTransform, ImageU8, Layout};
 pub use topk::{Scored, softmax_in_place, softmax_top_k, top_k};

@@ -5,11 +5,10 @@
 
 #![cfg(feature = "cuda")]
 
-#[path = "support/mod.rs"]
-mod support;
-
-use siesta_kernels::cuda::{CudaKernels, Precision, driver_present};
+use siesta_kernels::Precision;
+use siesta_kernels::cuda::{CudaKernels, driver_present};
 use siesta_kernels::{ImageTransform, ImageU8, KernelError, Layout, softmax_top_k};
+use siesta_testkit::pixels::pixels;
 
 fn imagenet() -> ImageTransform {
     ImageTransform {
@@ -49,7 +48,7 @@ fn gpu_preprocessing_and_top_k_match_the_cpu_references() {
         (480, 320, Layout::Nhwc),
         (224, 224, Layout::Nchw),
     ] {
-        let data: Vec<Vec<u8>> = (0..3).map(|i| support::pixels(h * w * 3, i)).collect();
+        let data: Vec<Vec<u8>> = (0..3).map(|i| pixels(h * w * 3, i)).collect();
         let images: Vec<ImageU8> = data
             .iter()
             .map(|d| ImageU8::new(d, h as u32, w as u32, 3).unwrap())
@@ -78,7 +77,7 @@ fn gpu_preprocessing_and_top_k_match_the_cpu_references() {
     }
 
     let cols = 1000;
-    let mut logits: Vec<f32> = support::pixels(4 * cols, 7)
+    let mut logits: Vec<f32> = pixels(4 * cols, 7)
         .iter()
         .map(|&b| b as f32 / 16.0 - 8.0)
         .collect();
@@ -108,10 +107,7 @@ fn a_batch_of_mixed_sizes_is_refused_before_any_gpu_work() {
         return;
     }
     let k = CudaKernels::new(0).unwrap();
-    let (a, b) = (
-        support::pixels(300 * 300 * 3, 1),
-        support::pixels(300 * 400 * 3, 2),
-    );
+    let (a, b) = (pixels(300 * 300 * 3, 1), pixels(300 * 400 * 3, 2));
     let images = [
         ImageU8::new(&a, 300, 300, 3).unwrap(),
         ImageU8::new(&b, 300, 400, 3).unwrap(),

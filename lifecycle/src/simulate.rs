@@ -1,18 +1,23 @@
 //! `siesta scale simulate`: replays a request trace against one component's autoscaling
-//! settings with the live code's decider, windows and reconciler, on a simulated clock, so
-//! `scaleTarget`, windows and `minReplicas` can be tuned before any traffic hits them.
+//! settings on a simulated clock, so `scaleTarget`, windows and `minReplicas` can be tuned before
+//! any traffic hits them. The autoscaler is the live one (`autoscaler::Autoscaler`, with its
+//! schedule, wake-up at zero and demand accounting); only the replicas and the clock are simulated
+//! (`tests/simulate_matches_live.rs` replays one trace through both and compares the decisions).
 //!
 //! Model: requests arrive at `t_ms` and need `duration_ms` on a replica; a replica takes
 //! `cold_start` to become ready and runs at most `containerConcurrency` requests (0 = any);
-//! requests wait in the gateway in arrival order. Demand is counted from arrival, as the gateway does.
+//! requests wait in the gateway in arrival order. Demand is counted from arrival, as the gateway
+//! does. Scaling down removes the newest replicas first (starting ones before ready ones); a
+//! removed replica takes no new request and finishes the ones it runs, as a draining replica does.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::autoscaler::{Decider, Observation, Reconciler, ReconcilerSpec, WindowAverage};
-use crate::manifest::{ComponentScaling, ScaleMetric};
+use crate::autoscaler::Autoscaler;
+use crate::gateway::stats::DemandStats;
+use crate::manifest::ComponentScaling;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TraceRequest {
@@ -32,6 +37,13 @@ pub struct Sample {
     pub queued: u32,
 }
 
+/// One request of the autoscaler to its backend: this many replicas, at this time.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ScaleRequest {
+    pub t_ms: u64,
+    pub replicas: u32,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
     pub requests: usize,
@@ -45,43 +57,34 @@ pub struct Summary {
 
 pub struct Report {
     pub timeline: Vec<Sample>,
+    pub scale_requests: Vec<ScaleRequest>,
     pub summary: Summary,
 }
 
 struct Replica {
     ready_at: u64,
+    /// When each running request completes.
     running: Vec<u64>,
 }
 
 pub fn simulate(
     scaling: &ComponentScaling,
     container_concurrency: u32,
+    enable_scale_to_zero: bool,
     trace: &[TraceRequest],
     cold_start: Duration,
 ) -> Report {
     let mut trace: Vec<TraceRequest> = trace.to_vec();
     trace.sort_by_key(|r| r.t_ms);
-    let tick_ms = (scaling.decider.tick.as_millis() as u64).max(1);
     let cold_ms = cold_start.as_millis() as u64;
-    let mut stable = WindowAverage::new(scaling.decider.stable_window.as_millis() as u64, 1000);
-    let mut panic = WindowAverage::new(scaling.panic_window.as_millis() as u64, 1000);
-    let mut decider = Decider::new(scaling.decider.clone(), 0, 0);
-    let mut reconciler = Reconciler::new(
-        ReconcilerSpec {
-            min_scale: scaling.min_scale,
-            max_scale: scaling.max_scale,
-            initial_scale: scaling.initial_scale,
-            stable_window: scaling.decider.stable_window,
-            scale_to_zero_grace: scaling.scale_to_zero_grace,
-            scale_to_zero_pod_retention: scaling.scale_to_zero_pod_retention,
-            ..ReconcilerSpec::default()
-        },
-        0,
-    );
+    let mut autoscaler = Autoscaler::new(scaling, enable_scale_to_zero, 0);
+    let mut demand = DemandStats::new(0);
     let mut replicas: Vec<Replica> = Vec::new();
+    let mut draining: Vec<Replica> = Vec::new();
     let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
     let mut waits: Vec<u64> = Vec::new();
-    let (mut next, mut weighted, mut started_in_second) = (0usize, 0u64, 0u64);
+    let mut scale_requests = Vec::new();
+    let mut next = 0usize;
     let (mut desired, mut cold_starts, mut max_replicas, mut replica_ms) = (0u32, 0u32, 0u32, 0u64);
     let mut timeline = Vec::new();
     let end = trace.last().map_or(0, |r| r.t_ms + r.duration_ms)
@@ -90,12 +93,22 @@ pub fn simulate(
         + 10_000;
     for now in 0..=end {
         // Completions, then arrivals, then dispatch in arrival order.
-        for r in &mut replicas {
-            r.running.retain(|&done| done > now);
+        for r in replicas.iter_mut().chain(draining.iter_mut()) {
+            r.running.retain(|&done| {
+                if done <= now {
+                    demand.end(now);
+                }
+                done > now
+            });
         }
+        draining.retain(|r| !r.running.is_empty());
+        let ready = replicas.iter().filter(|r| r.ready_at <= now).count() as u32;
+        let mut woken = false;
         while next < trace.len() && trace[next].t_ms <= now {
+            demand.start(now);
             queue.push_back((trace[next].t_ms, trace[next].duration_ms));
-            started_in_second += 1;
+            // The gateway wakes the autoscaler when a request finds no ready replica.
+            woken |= ready == 0;
             next += 1;
         }
         while let Some(&(arrived, duration)) = queue.front() {
@@ -112,73 +125,49 @@ pub fn simulate(
             waits.push(now - arrived);
             queue.pop_front();
         }
-        let in_flight =
-            replicas.iter().map(|r| r.running.len() as u64).sum::<u64>() + queue.len() as u64;
-        weighted += in_flight;
-        replica_ms += replicas.len() as u64;
-        let ready = replicas.iter().filter(|r| r.ready_at <= now).count() as u32;
-
-        let second_done = now % 1000 == 999;
-        if second_done {
-            let v = match scaling.metric {
-                ScaleMetric::Concurrency => weighted as f64 / 1000.0,
-                ScaleMetric::Rps => started_in_second as f64,
-            };
-            stable.record(now, v);
-            panic.record(now, v);
-            weighted = 0;
-            started_in_second = 0;
+        // The schedule first, then the wake-up, as the live loop orders them.
+        let mut steps = Vec::with_capacity(2);
+        if now >= autoscaler.next_due_ms() {
+            steps.extend(autoscaler.on_time(now, ready, || demand.report(now)));
         }
-        // A request waiting at zero pokes the autoscaler at once, as in the gateway.
-        let poke = ready == 0 && !queue.is_empty() && desired == 0;
-        if now % tick_ms == 0 || poke {
-            if poke {
-                stable.record(now, queue.len() as f64);
-                panic.record(now, queue.len() as f64);
-            }
-            let decision = match (stable.average(now), panic.average(now)) {
-                (Some(s), Some(p)) => Some(decider.scale(Observation {
-                    now_ms: now,
-                    ready,
-                    stable: s,
-                    panic: p,
-                    reachable: true,
-                })),
-                _ => None,
-            };
-            if let Some(n) = reconciler.reconcile(now, decision, ready).replicas {
-                desired = n;
-            }
+        if woken {
+            steps.extend(autoscaler.on_wake(now, ready, demand.in_flight()));
         }
-        // Converge on the wanted count: start replicas, stop idle ones (starting ones first).
-        while (replicas.len() as u32) < desired {
-            replicas.push(Replica {
-                ready_at: now + cold_ms,
-                running: Vec::new(),
+        for n in steps.iter().filter_map(|s| s.outcome.replicas) {
+            scale_requests.push(ScaleRequest {
+                t_ms: now,
+                replicas: n,
             });
-            cold_starts += 1;
-        }
-        while (replicas.len() as u32) > desired {
-            let idle = replicas
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.running.is_empty())
-                .max_by_key(|(_, r)| r.ready_at)
-                .map(|(i, _)| i);
-            match idle {
-                Some(i) => {
-                    replicas.remove(i);
+            desired = n;
+            while (replicas.len() as u32) < desired {
+                replicas.push(Replica {
+                    ready_at: now + cold_ms,
+                    running: Vec::new(),
+                });
+                cold_starts += 1;
+            }
+            while (replicas.len() as u32) > desired {
+                let newest = (0..replicas.len())
+                    .max_by_key(|&i| (replicas[i].ready_at, i))
+                    .expect("more replicas than desired");
+                let r = replicas.remove(newest);
+                if !r.running.is_empty() {
+                    draining.push(r);
                 }
-                None => break,
             }
         }
-        max_replicas = max_replicas.max(replicas.len() as u32);
-        if second_done {
+        max_replicas = max_replicas.max((replicas.len() + draining.len()) as u32);
+        replica_ms += (replicas.len() + draining.len()) as u64;
+        if now % 1000 == 999 {
             timeline.push(Sample {
                 t_s: now / 1000,
                 desired,
                 ready,
-                in_flight: replicas.iter().map(|r| r.running.len() as u32).sum(),
+                in_flight: replicas
+                    .iter()
+                    .chain(&draining)
+                    .map(|r| r.running.len() as u32)
+                    .sum(),
                 queued: queue.len() as u32,
             });
         }
@@ -192,6 +181,7 @@ pub fn simulate(
     };
     Report {
         timeline,
+        scale_requests,
         summary: Summary {
             requests: waits.len(),
             wait_p50_ms: pct(0.5),
@@ -233,7 +223,13 @@ mod tests {
     #[test]
     fn five_busy_clients_against_target_one_need_ceil_5_over_0_7_replicas() {
         let (s, cc) = scaling("    scaleTarget: 1\n    minReplicas: 0\n");
-        let r = simulate(&s, cc, &closed_loop(5, 100, 60), Duration::from_millis(30));
+        let r = simulate(
+            &s,
+            cc,
+            true,
+            &closed_loop(5, 100, 60),
+            Duration::from_millis(30),
+        );
         assert_eq!(r.summary.max_replicas, 8, "{:?}", r.summary);
         assert_eq!(
             r.timeline.last().unwrap().desired,
@@ -251,7 +247,7 @@ mod tests {
             duration_ms: 10,
             component: None,
         }];
-        let r = simulate(&s, cc, &trace, Duration::from_millis(250));
+        let r = simulate(&s, cc, true, &trace, Duration::from_millis(250));
         assert_eq!(
             r.summary.cold_starts, 2,
             "the initial replica, then one at 200 s"
@@ -263,7 +259,13 @@ mod tests {
     fn container_concurrency_queues_the_excess() {
         let (s, cc) =
             scaling("    containerConcurrency: 1\n    minReplicas: 1\n    maxReplicas: 1\n");
-        let r = simulate(&s, cc, &closed_loop(2, 100, 10), Duration::from_millis(30));
+        let r = simulate(
+            &s,
+            cc,
+            true,
+            &closed_loop(2, 100, 10),
+            Duration::from_millis(30),
+        );
         assert_eq!(r.summary.max_replicas, 1);
         assert!(
             r.summary.wait_p50_ms > 0,

@@ -12,8 +12,10 @@ use crate::backend::local::LocalBackend;
 use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
 use crate::gateway::pool::Pool;
 use crate::gateway::trace::TraceRecorder;
-use crate::gateway::{Gateway, MetricsRender, Route};
-use crate::manifest::{Component, ComponentKind, InferenceService, Workload};
+use crate::gateway::{self, BindError, Gateway, MetricsRender, Route};
+use crate::manifest::{Component, InferenceService};
+use crate::replica::{self, Replica, Role, Site};
+use crate::status::{ScalingView, StatusDocument, Watched};
 
 /// How long the gateway waits for open client connections once shutdown begins.
 const GATEWAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -52,36 +54,12 @@ pub enum UpError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
-/// KServe's image transformer, which Siesta's own (`siesta serve --transformer image`) replaces
-/// on one host, where there is no container runtime.
-fn is_image_transformer(image: &str) -> bool {
-    let name = image.rsplit('/').next().unwrap_or(image);
-    name.split([':', '@']).next() == Some("image-transformer")
-}
-
-/// `--model_name X` or `--model_name=X` among a container's args (KServe's model server flag).
-fn container_model_name(args: &[String]) -> Option<String> {
-    args.iter().enumerate().find_map(|(i, a)| {
-        let a = a.trim_start_matches('-');
-        if let Some(v) = a
-            .strip_prefix("model_name=")
-            .or_else(|| a.strip_prefix("model-name="))
-        {
-            return Some(v.to_string());
-        }
-        (a == "model_name" || a == "model-name")
-            .then(|| args.get(i + 1).cloned())
-            .flatten()
-    })
-}
-
+/// A component's replicas as local child processes: the shared template (`replica.rs`) at
+/// this host's site, plus the arguments every local replica gets (`--storage-mirror`, `--device`).
 fn template(
     isvc: &InferenceService,
     c: &Component,
@@ -89,76 +67,40 @@ fn template(
     gpu_memory: &GpuMemoryEstimate,
     gateway: SocketAddr,
 ) -> Result<ReplicaTemplate, UpError> {
-    match &c.workload {
-        Workload::Model(m) => {
-            let mut args = vec!["--model-name".to_string(), isvc.name.clone()];
-            if let Some(uri) = &m.storage_uri {
-                args.extend(["--storage-uri".to_string(), uri.clone()]);
-            }
-            args.extend(["--model-format".to_string(), m.format.clone()]);
-            if let Some(runtime) = &m.runtime {
-                args.extend(["--runtime".to_string(), runtime.clone()]);
-            }
-            if c.container_concurrency > 0 {
-                // queue-proxy's admission (CC running + 10 x CC queued), for clients that reach the
-                // replica without the gateway.
-                args.extend([
-                    "--queue-limit".to_string(),
-                    (c.container_concurrency * 11).to_string(),
-                ]);
-            }
-            args.extend(extra.iter().cloned());
-            Ok(ReplicaTemplate {
-                args,
-                // The manifest's model env reaches the replica (e.g. OMP_NUM_THREADS).
-                env: m.env.clone(),
-                gpu_memory_bytes: gpu_memory(m.storage_uri.as_deref()),
-            })
+    let serve = match replica::replica(isvc, c, &Site::Host { gateway }) {
+        Replica::Serve(serve) => serve,
+        Replica::Containers(containers) => {
+            return Err(UpError::Unsupported {
+                service: isvc.name.clone(),
+                reason: format!(
+                    "the {} runs `containers:` ({}), which need a container runtime; on one host \
+                     Siesta runs models, and its own image transformer in place of \
+                     kserve/image-transformer",
+                    c.kind.as_str(),
+                    containers
+                        .iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
         }
-        Workload::Containers(containers)
-            if c.kind == ComponentKind::Transformer
-                && containers.len() == 1
-                && is_image_transformer(&containers[0].image) =>
-        {
-            let container = &containers[0];
-            tracing::info!(service = %isvc.name, image = %container.image,
+    };
+    let gpu_memory_bytes = match serve.role {
+        Role::Model { storage_uri } => gpu_memory(storage_uri),
+        Role::ImageTransformer { image } => {
+            tracing::info!(service = %isvc.name, %image,
                 "on one host Siesta's image transformer runs in place of this container");
-            let model = container_model_name(&container.args).unwrap_or_else(|| isvc.name.clone());
-            let mut args = vec![
-                "--transformer".to_string(),
-                "image".to_string(),
-                "--model-name".to_string(),
-                model,
-                // Back through the gateway, so the predictor's demand is counted and scaled.
-                "--predictor-url".to_string(),
-                format!("http://{gateway}"),
-                "--predictor-host".to_string(),
-                format!("{}-predictor", isvc.name),
-                "--predictor-model".to_string(),
-                isvc.name.clone(),
-            ];
-            args.extend(extra.iter().cloned());
-            Ok(ReplicaTemplate {
-                args,
-                env: container.env.clone(),
-                // Decoding and resizing run on CPU.
-                gpu_memory_bytes: None,
-            })
+            None
         }
-        Workload::Containers(containers) => Err(UpError::Unsupported {
-            service: isvc.name.clone(),
-            reason: format!(
-                "the {} runs `containers:` ({}), which need a container runtime; on one host Siesta \
-                 runs models, and its own image transformer in place of kserve/image-transformer",
-                c.kind.as_str(),
-                containers
-                    .iter()
-                    .map(|c| c.image.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }),
-    }
+    };
+    let mut args = serve.args;
+    args.extend(extra.iter().cloned());
+    Ok(ReplicaTemplate {
+        args,
+        env: serve.env.to_vec(),
+        gpu_memory_bytes,
+    })
 }
 
 /// Starts replicas, autoscalers and the gateway; returns when `shutdown` resolves, after every
@@ -174,18 +116,9 @@ pub async fn run(
         cfg.gpus.clone(),
     ));
     // Bound before the replicas are described: transformers call the predictor through it.
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|source| UpError::Bind {
-            addr: cfg.addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| UpError::Bind {
-        addr: cfg.addr,
-        source,
-    })?;
+    let (listener, addr) = gateway::bind(cfg.addr).await?;
     let mut routes = HashMap::new();
-    let mut all_pools: Vec<(Arc<Pool>, ComponentScalingView)> = Vec::new();
+    let mut all_pools: Vec<Watched> = Vec::new();
     let mut scalers = Vec::new();
     for isvc in &cfg.services {
         if routes.contains_key(&isvc.name) {
@@ -209,7 +142,7 @@ pub async fn run(
                 scaling: c.scaling.clone(),
                 enable_scale_to_zero: cfg.enable_scale_to_zero,
             });
-            all_pools.push((pool.clone(), ComponentScalingView::of(c)));
+            all_pools.push((pool.clone(), ScalingView::of(c)));
             pools.push((pool, c.timeout));
         }
         let (predictor, timeout) = pools[0].clone();
@@ -230,8 +163,9 @@ pub async fn run(
     on_listening(addr);
     let status_backend = backend.clone();
     let status_gpus = cfg.gpus.clone();
-    let status =
-        Arc::new(move || status_json(&all_pools, status_backend.as_ref(), status_gpus.as_deref()));
+    let status = Arc::new(move || {
+        StatusDocument::read(&all_pools, status_backend.as_ref(), status_gpus.as_deref())
+    });
     if let Some(inventory) = cfg.gpus.clone() {
         tokio::spawn(export_gpu_metrics(inventory, backend.clone()));
     }
@@ -301,81 +235,13 @@ async fn export_gpu_metrics(inventory: Arc<dyn GpuInventory>, backend: Arc<Local
     }
 }
 
-/// A component's scaling settings, as `/siesta/status` shows them.
-pub struct ComponentScalingView {
-    min: u32,
-    max: u32,
-    target: f64,
-    metric: &'static str,
-    container_concurrency: u32,
-}
-
-impl ComponentScalingView {
-    pub fn of(c: &Component) -> Self {
-        ComponentScalingView {
-            min: c.scaling.min_scale,
-            max: c.scaling.max_scale,
-            target: c.scaling.decider.target,
-            metric: match c.scaling.metric {
-                crate::manifest::ScaleMetric::Concurrency => "concurrency",
-                crate::manifest::ScaleMetric::Rps => "rps",
-            },
-            container_concurrency: c.container_concurrency,
-        }
-    }
-}
-
-/// The `/siesta/status` document: per component what the autoscaler sees and decided, what the
-/// backend has, and (one host) the GPUs.
-pub fn status_json(
-    pools: &[(Arc<Pool>, ComponentScalingView)],
-    backend: &dyn ReplicaBackend,
-    gpus: Option<&dyn GpuInventory>,
-) -> serde_json::Value {
-    let components: Vec<serde_json::Value> = pools
-        .iter()
-        .map(|(pool, view)| {
-            let st = backend.status(&pool.key).unwrap_or_default();
-            let endpoints: Vec<serde_json::Value> = backend
-                .endpoints(&pool.key)
-                .map(|rx| {
-                    rx.borrow()
-                        .iter()
-                        .map(|e| serde_json::json!({"replica": e.replica, "addr": e.addr.to_string(), "gpu": e.gpu, "pid": e.pid}))
-                        .collect()
-                })
-                .unwrap_or_default();
-            serde_json::json!({
-                "component": pool.name,
-                "service": pool.key.service,
-                "kind": pool.key.kind.as_str(),
-                "desired": st.desired,
-                "starting": st.starting,
-                "ready": st.ready,
-                "in_flight": pool.in_flight(),
-                "autoscaler": *pool.observed.lock(),
-                "waiting": pool.waiting(),
-                "metric": view.metric,
-                "target": view.target,
-                "min_replicas": view.min,
-                "max_replicas": view.max,
-                "container_concurrency": view.container_concurrency,
-                "endpoints": endpoints,
-                "pending": st.pending,
-            })
-        })
-        .collect();
-    let gpus = gpus.map(|g| g.gpus()).unwrap_or_default();
-    serde_json::json!({ "components": components, "gpus": gpus })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::{ClusterDefaults, parse};
 
     #[test]
-    fn replicas_get_the_model_uri_env_and_concurrency_admission() {
+    fn local_replicas_get_the_shared_template_the_mirror_flags_and_a_gpu_estimate() {
         let text = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: m}\nspec:\n  predictor:\n    \
                     containerConcurrency: 2\n    model:\n      modelFormat: {name: siesta}\n      storageUri: siesta://mnist\n      \
                     env: [{name: OMP_NUM_THREADS, value: \"1\"}]\n";
@@ -391,21 +257,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.gpu_memory_bytes, Some("siesta://mnist".len() as u64));
-        assert_eq!(
-            t.args,
-            [
-                "--model-name",
-                "m",
-                "--storage-uri",
-                "siesta://mnist",
-                "--model-format",
-                "siesta",
-                "--queue-limit",
-                "22",
-                "--device",
-                "cpu"
-            ]
-        );
+        assert_eq!(t.args[t.args.len() - 2..], ["--device", "cpu"]);
+        assert!(t.args.windows(2).any(|w| w == ["--queue-limit", "22"]));
         assert_eq!(
             t.env,
             vec![("OMP_NUM_THREADS".to_string(), "1".to_string())]
@@ -420,40 +273,17 @@ mod tests {
     }
 
     #[test]
-    fn kserves_image_transformer_becomes_siestas_calling_back_through_the_gateway() {
+    fn the_image_transformer_needs_no_gpu() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../deploy/examples/autoscale-adv.yaml"
         ))
         .unwrap();
         let isvc = parse(&text, &ClusterDefaults::default()).unwrap().remove(0);
-        let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let on_gpu: GpuMemoryEstimate = Arc::new(|_| Some(1));
+        let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let t = template(&isvc, isvc.transformer.as_ref().unwrap(), &[], &on_gpu, gw).unwrap();
         assert_eq!(t.gpu_memory_bytes, None, "the transformer runs on CPU");
-        assert_eq!(
-            t.args,
-            [
-                "--transformer",
-                "image",
-                "--model-name",
-                "mnist",
-                "--predictor-url",
-                "http://127.0.0.1:8080",
-                "--predictor-host",
-                "torch-transformer-predictor",
-                "--predictor-model",
-                "torch-transformer"
-            ]
-        );
-        assert!(is_image_transformer(
-            "docker.io/kserve/image-transformer:v0.11"
-        ));
-        assert!(!is_image_transformer("kserve/image-transformer-v2"));
-        assert_eq!(
-            container_model_name(&["--model_name=x".into()]),
-            Some("x".into())
-        );
-        assert_eq!(container_model_name(&["--model_name".into()]), None);
+        assert!(t.args.contains(&"--transformer".to_string()));
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::architecture::Architecture;
 use crate::error::ModelError;
 use crate::tensor::DataType;
 
@@ -46,8 +47,8 @@ pub enum ScoreKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelConfig {
     pub name: String,
-    /// Which built-in network to build (`mnist_cnn`, `identity`).
-    pub architecture: String,
+    /// What the model is, and so which engine runs it.
+    pub architecture: Architecture,
     /// Weights file inside the model directory (safetensors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
@@ -101,7 +102,7 @@ impl ModelConfig {
             path: path.to_path_buf(),
             reason,
         };
-        let completed_at_load = crate::vision::is_vision(&self.architecture);
+        let completed_at_load = self.architecture.vision().is_some();
         if !completed_at_load && (self.inputs.is_empty() || self.outputs.is_empty()) {
             return Err(bad("a model needs at least one input and one output".into()));
         }

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::architecture::Architecture;
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::error::ModelError;
-use crate::{identity, loader, mnist, onnx, vision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -21,16 +21,6 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn of(architecture: &str) -> Option<Engine> {
-        match architecture {
-            loader::TORCHSCRIPT => Some(Engine::Torch),
-            onnx::ARCHITECTURE => Some(Engine::Onnx),
-            mnist::ARCHITECTURE | identity::ARCHITECTURE => Some(Engine::Candle),
-            a if vision::is_vision(a) => Some(Engine::Candle),
-            _ => None,
-        }
-    }
-
     fn file(self) -> &'static str {
         match self {
             Engine::Torch => "model.pt",
@@ -70,12 +60,12 @@ impl FromStr for Engine {
 /// with a warning, since a storage mirror may stand a local model in for the manifest's.
 pub fn check_format(format: &str, config: &ModelConfig, dir: &Path) -> Result<(), ModelError> {
     let format = format.to_ascii_lowercase();
-    let engine = Engine::of(&config.architecture);
+    let engine = config.architecture.engine();
     let fits = match format.as_str() {
         // PyTorch-made models: TorchScript files, state dicts of built-in architectures.
-        "pytorch" => matches!(engine, Some(Engine::Torch | Engine::Candle)),
+        "pytorch" => matches!(engine, Engine::Torch | Engine::Candle),
         // tf2onnx exports (a SavedModel is converted at load) and any ONNX file.
-        "tensorflow" | "onnx" => engine == Some(Engine::Onnx),
+        "tensorflow" | "onnx" => engine == Engine::Onnx,
         "siesta" => true,
         other => {
             return Err(ModelError::Config {
@@ -100,7 +90,7 @@ pub fn check_format(format: &str, config: &ModelConfig, dir: &Path) -> Result<()
 /// Points the config at the file the forced engine runs, keeping its inputs, outputs and
 /// preprocessing (so the three engines serve the same contract).
 pub fn force(engine: Engine, config: &mut ModelConfig, dir: &Path) -> Result<(), ModelError> {
-    if Engine::of(&config.architecture) == Some(engine) {
+    if config.architecture.engine() == engine {
         return Ok(());
     }
     if engine == Engine::Candle {
@@ -108,7 +98,7 @@ pub fn force(engine: Engine, config: &mut ModelConfig, dir: &Path) -> Result<(),
             path: dir.join(CONFIG_FILE),
             reason: format!(
                 "runtime candle runs the built-in architectures (mnist_cnn, {}), not '{}'",
-                vision::ARCHITECTURES.join(", "),
+                Architecture::vision_names(),
                 config.architecture
             ),
         });
@@ -117,7 +107,7 @@ pub fn force(engine: Engine, config: &mut ModelConfig, dir: &Path) -> Result<(),
         .inputs
         .first()
         .is_some_and(|i| i.datatype == crate::tensor::DataType::U8)
-        && vision::is_vision(&config.architecture)
+        && config.architecture.vision().is_some()
     {
         return Err(ModelError::Config {
             path: dir.join(CONFIG_FILE),
@@ -138,10 +128,9 @@ pub fn force(engine: Engine, config: &mut ModelConfig, dir: &Path) -> Result<(),
         });
     }
     config.architecture = match engine {
-        Engine::Torch => loader::TORCHSCRIPT,
-        _ => onnx::ARCHITECTURE,
-    }
-    .into();
+        Engine::Torch => Architecture::TorchScript,
+        _ => Architecture::Onnx,
+    };
     config.weights = Some(file.into());
     Ok(())
 }
@@ -169,7 +158,7 @@ mod tests {
         std::fs::write(dir.path().join("model.onnx"), b"").unwrap();
         force(Engine::Onnx, &mut c, dir.path()).unwrap();
         assert_eq!(
-            (c.architecture.as_str(), c.weights.as_deref()),
+            (c.architecture.name(), c.weights.as_deref()),
             ("onnx", Some("model.onnx"))
         );
         assert_eq!(c.outputs[0].name, "logits");

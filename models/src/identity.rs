@@ -6,8 +6,6 @@ use crate::error::ModelError;
 use crate::model::Model;
 use crate::tensor::Tensor;
 
-pub const ARCHITECTURE: &str = "identity";
-
 pub struct IdentityModel {
     config: ModelConfig,
 }

@@ -1,6 +1,13 @@
-//! Model definitions and loaders for Siesta: the tensor form every protocol decodes into, the
-//! [`Model`] interface engines implement, built-in architectures, and `storageUri` resolution.
+//! Models for Siesta.
+//!
+//! Owns: the tensor form every protocol decodes into, the [`Model`] interface engines implement
+//! (candle, libtorch with `torch`, ONNX), the built-in architectures and the shipped model,
+//! model directories and their `config.json`, `storageUri` resolution, devices and precision.
+//!
+//! Must not depend on: the server or the lifecycle (`siesta-runtime`, `siesta-lifecycle`): no
+//! HTTP, no protocol JSON; a model is loaded and run the same whoever calls it.
 
+pub mod architecture;
 pub mod config;
 pub mod device;
 pub mod digits;

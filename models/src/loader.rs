@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor as CTensor};
 
+use crate::architecture::Architecture;
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::device::DeviceSpec;
 use crate::embedded;
 use crate::engine::{self, Engine};
 use crate::error::ModelError;
-use crate::identity::{self, IdentityModel};
-use crate::mnist::{self, MnistCnn, MnistModel};
+use crate::identity::IdentityModel;
+use crate::mnist::{MnistCnn, MnistModel};
 use crate::model::Model;
-use crate::onnx::{self, OnnxModel};
+use crate::onnx::OnnxModel;
 use crate::precision::Precision;
 use crate::resident::ResidentWeights;
 use crate::vision::{self, VisionModel};
@@ -90,7 +91,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     };
     // Built-in image classifiers learn their class count from the weights, so their config is
     // completed before the server's flags apply.
-    let mut vision = match vision::Arch::parse(&config.architecture) {
+    let mut vision = match config.architecture.vision() {
         Some(arch) => {
             let host = weights.load()?;
             let classes = arch.classes(&host, &weights.path())?;
@@ -135,7 +136,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     if let Some(us) = opts.max_queue_delay_us {
         config.max_queue_delay_us = us;
     }
-    let half_capable = vision.is_some() || config.architecture == TORCHSCRIPT;
+    let half_capable = vision.is_some() || config.architecture == Architecture::TorchScript;
     if opts.precision != Precision::F32 && !half_capable {
         return Err(ModelError::Config {
             path: PathBuf::from(CONFIG_FILE),
@@ -146,15 +147,20 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             ),
         });
     }
-    match config.architecture.as_str() {
-        mnist::ARCHITECTURE => {
+    match config.architecture {
+        Architecture::MnistCnn => {
             let device = opts.device.resolve()?;
             let host = weights.load()?;
             let resident = ResidentWeights::new(host, device, Box::new(MnistCnn::new))?;
             Ok(Box::new(MnistModel::new(config, resident)))
         }
-        _ if vision.is_some() => {
-            let (arch, classes, host) = vision.expect("matched above");
+        Architecture::Vision(_) => {
+            let Some((arch, classes, host)) = vision else {
+                return Err(ModelError::Config {
+                    path: PathBuf::from(CONFIG_FILE),
+                    reason: "the candle engine builds the torchvision classifiers".into(),
+                });
+            };
             let device = opts.device.resolve()?;
             Ok(Box::new(VisionModel::new(
                 config,
@@ -162,11 +168,11 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
                 classes,
                 host,
                 device,
-                opts.precision.dtype(),
+                crate::precision::dtype(opts.precision),
             )?))
         }
-        identity::ARCHITECTURE => Ok(Box::new(IdentityModel::new(config)?)),
-        TORCHSCRIPT => {
+        Architecture::Identity => Ok(Box::new(IdentityModel::new(config)?)),
+        Architecture::TorchScript => {
             let ModelSource::Dir(dir) = source else {
                 return Err(ModelError::UnknownArchitecture(
                     "torchscript (embedded)".into(),
@@ -175,19 +181,15 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             let file = dir.join(config.weights.as_deref().unwrap_or("model.pt"));
             load_torchscript(config, &file, opts.device, opts.precision)
         }
-        onnx::ARCHITECTURE => {
+        Architecture::Onnx => {
             let ModelSource::Dir(dir) = source else {
                 return Err(ModelError::UnknownArchitecture("onnx (embedded)".into()));
             };
             let file = OnnxModel::file(dir, &config);
             Ok(Box::new(OnnxModel::load(config, &file, opts.device)?))
         }
-        other => Err(ModelError::UnknownArchitecture(other.to_string())),
     }
 }
-
-/// TorchScript files (`torch.jit.save`), run by libtorch.
-pub const TORCHSCRIPT: &str = "torchscript";
 
 #[cfg(feature = "torch")]
 fn load_torchscript(
@@ -271,7 +273,7 @@ fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<Recognised>, ModelErr
             reason: format!(
                 "no config.json, and the state dict is not one Siesta recognises ({}); add a \
                  config.json naming the architecture",
-                vision::ARCHITECTURES.join(", ")
+                Architecture::vision_names()
             ),
         }
     })?;

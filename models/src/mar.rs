@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::architecture::Architecture;
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::error::ModelError;
 use crate::labels;
@@ -226,7 +227,7 @@ fn config_for(manifest: &Manifest, dir: &Path) -> Result<Vec<u8>, String> {
         // softmax + top-5 in its postprocess (the transformer's job here).
         serde_json::json!({
             "name": m.model_name,
-            "architecture": crate::loader::TORCHSCRIPT,
+            "architecture": Architecture::TorchScript.name(),
             "weights": serialized,
             "max_batch_size": 8,
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 224, 224]}],
@@ -244,7 +245,7 @@ fn config_for(manifest: &Manifest, dir: &Path) -> Result<Vec<u8>, String> {
                  Python; Siesta runs it only when it is a torchvision classifier ({}), or save the \
                  model with torch.jit.save instead",
                 m.model_file.as_deref().unwrap_or("(none)"),
-                crate::vision::ARCHITECTURES.join(", ")
+                Architecture::vision_names()
             )
         })?;
         serde_json::json!({"name": m.model_name, "architecture": arch.name(), "weights": serialized})
@@ -308,7 +309,7 @@ mod tests {
         let unpacked = unpack(&found).unwrap();
         let config = ModelConfig::read(&unpacked).unwrap();
         assert_eq!(config.name, "flowers");
-        assert_eq!(config.architecture, "torchscript");
+        assert_eq!(config.architecture, Architecture::TorchScript);
         assert_eq!(config.outputs[0].shape, vec![3]);
         assert_eq!(config.image.unwrap().resize_shorter, 256);
         assert!(unpacked.join("m.pt").is_file());

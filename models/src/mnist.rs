@@ -12,7 +12,6 @@ use crate::model::Model;
 use crate::resident::{ResidentWeights, device_name};
 use crate::tensor::{DataType, Tensor};
 
-pub const ARCHITECTURE: &str = "mnist_cnn";
 pub const SIDE: usize = 28;
 const MEAN: f64 = 0.1307;
 const STD: f64 = 0.3081;

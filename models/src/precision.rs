@@ -1,42 +1,11 @@
-//! `--precision f32|f16`: the floating-point type a model computes in. Clients still send and
-//! receive the types in the model's config; the engine converts at its edges. f16 halves the
-//! weights' device memory and runs on the GPU's tensor cores; on the CPU it is for tests.
+//! The precision a model computes in is `siesta_kernels::Precision` (one type for the engines
+//! and the kernels); here, its candle element type.
 
-use std::fmt;
-use std::str::FromStr;
+pub use siesta_kernels::Precision;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    F32,
-    F16,
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" | "fp32" | "float32" => Ok(Precision::F32),
-            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
-            _ => Err(format!("'{s}' is not a precision: use f32 or f16")),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        })
-    }
-}
-
-impl Precision {
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
-            Precision::F32 => candle_core::DType::F32,
-            Precision::F16 => candle_core::DType::F16,
-        }
+pub fn dtype(precision: Precision) -> candle_core::DType {
+    match precision {
+        Precision::F32 => candle_core::DType::F32,
+        Precision::F16 => candle_core::DType::F16,
     }
 }

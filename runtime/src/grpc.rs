@@ -363,7 +363,7 @@ impl GrpcInferenceService for GrpcService {
                 .map(|e| pb::repository_index_response::ModelIndex {
                     name: e.name,
                     version: e.version,
-                    state: e.state.into(),
+                    state: e.state.as_str().into(),
                     reason: e.reason,
                 })
                 .collect(),

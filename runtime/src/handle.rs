@@ -1,10 +1,11 @@
 //! A loaded model as the request path sees it: its config, its status, and the way into its queue.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use siesta_models::{Model, ModelConfig, Tensor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::batcher::{self, BatchPolicy, Queued};
 use crate::error::{Result, ServeError};

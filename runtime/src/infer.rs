@@ -7,7 +7,7 @@ use siesta_models::ModelConfig;
 
 use crate::error::{Result, ServeError};
 use crate::handle::ModelHandle;
-use crate::lifecycle::ServerLifecycle;
+use crate::idle::ServerLifecycle;
 use crate::protocol::{
     InferRequest, InferResponse, check_requested_outputs, select_outputs, validate_inputs,
 };

@@ -53,8 +53,27 @@ struct Slot {
 pub struct IndexEntry {
     pub name: String,
     pub version: String,
-    pub state: &'static str,
+    pub state: RepositoryState,
     pub reason: String,
+}
+
+/// A model's state in the repository extension's index (Triton's names, as its clients expect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RepositoryState {
+    Loading,
+    Ready,
+    Unavailable,
+}
+
+impl RepositoryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepositoryState::Loading => "LOADING",
+            RepositoryState::Ready => "READY",
+            RepositoryState::Unavailable => "UNAVAILABLE",
+        }
+    }
 }
 
 pub struct ModelRegistry {
@@ -128,7 +147,7 @@ impl ModelRegistry {
                         IndexEntry {
                             name,
                             version: "1".into(),
-                            state: "UNAVAILABLE",
+                            state: RepositoryState::Unavailable,
                             reason: "unloaded".into(),
                         },
                     );
@@ -137,13 +156,16 @@ impl ModelRegistry {
         }
         for (name, slot) in self.slots.lock().iter() {
             let (state, reason) = match &slot.state {
-                SlotState::Loading => ("LOADING", String::new()),
+                SlotState::Loading => (RepositoryState::Loading, String::new()),
                 SlotState::Ready(h) => match h.status.state() {
-                    ModelState::Released => ("READY", "device memory released while idle".into()),
-                    _ => ("READY", String::new()),
+                    ModelState::Released => (
+                        RepositoryState::Ready,
+                        "device memory released while idle".into(),
+                    ),
+                    _ => (RepositoryState::Ready, String::new()),
                 },
-                SlotState::Unloaded => ("UNAVAILABLE", "unloaded".into()),
-                SlotState::Failed(r) => ("UNAVAILABLE", r.clone()),
+                SlotState::Unloaded => (RepositoryState::Unavailable, "unloaded".into()),
+                SlotState::Failed(r) => (RepositoryState::Unavailable, r.clone()),
             };
             entries.insert(
                 name.clone(),

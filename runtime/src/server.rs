@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::http::{self, AppState};
+use crate::idle::{IdlePolicy, ServerLifecycle, run_idle_watch};
 use crate::infer::InferService;
-use crate::lifecycle::{IdlePolicy, ServerLifecycle, run_idle_watch};
 use crate::registry::{ModelLocation, ModelRegistry, RegistryOptions};
 use crate::{grpc, metrics};
 
@@ -32,7 +32,7 @@ pub struct ServeConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub enum RunError {
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -54,7 +54,7 @@ pub enum StopReason {
 pub async fn run(
     cfg: ServeConfig,
     on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
-) -> Result<StopReason, ServerError> {
+) -> Result<StopReason, RunError> {
     let prometheus = metrics::install();
     let lifecycle = Arc::new(ServerLifecycle::default());
     spawn_signal_handler(lifecycle.clone())?;
@@ -73,12 +73,12 @@ pub async fn run(
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Bind { addr, source })
+            .map_err(|source| RunError::Bind { addr, source })
     };
     let http_listener = bind(cfg.http_addr).await?;
     let http_addr = http_listener
         .local_addr()
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
+        .map_err(|e| RunError::Serve(e.to_string()))?;
     let grpc_listener = match cfg.grpc_addr {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -115,7 +115,7 @@ pub async fn run(
     for (name, _) in &cfg.models {
         if let Err(e) = registry.load(name).await {
             lifecycle.begin_drain("startup failed");
-            return Err(ServerError::Load {
+            return Err(RunError::Load {
                 model: name.clone(),
                 reason: e.to_string(),
             });
@@ -153,18 +153,9 @@ pub async fn run(
 }
 
 /// Registers the handlers before returning, so a SIGTERM right after start-up is not missed.
-fn spawn_signal_handler(lifecycle: Arc<ServerLifecycle>) -> Result<(), ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let register = |kind| {
-        signal(kind).map_err(|e| ServerError::Serve(format!("cannot listen for signals: {e}")))
-    };
-    let mut term = register(SignalKind::terminate())?;
-    let mut int = register(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => lifecycle.begin_drain("SIGTERM"),
-            _ = int.recv() => lifecycle.begin_drain("SIGINT"),
-        }
-    });
+fn spawn_signal_handler(lifecycle: Arc<ServerLifecycle>) -> Result<(), RunError> {
+    let signal = crate::signals::ShutdownSignal::register()
+        .map_err(|e| RunError::Serve(format!("cannot listen for signals: {e}")))?;
+    tokio::spawn(async move { lifecycle.begin_drain(signal.recv().await) });
     Ok(())
 }

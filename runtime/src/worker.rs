@@ -2,10 +2,13 @@
 //! compute never blocks the async runtime.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use siesta_models::{Model, Tensor};
 use tokio::sync::{mpsc, oneshot};
+// tokio's clock, as everywhere in the runtime: a paused test clock moves it, and queue times
+// compare with the batcher's deadlines.
+use tokio::time::Instant;
 
 use crate::error::ServeError;
 use crate::metrics;
@@ -15,6 +18,7 @@ use crate::status::{ModelState, ModelStatus};
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub rows: usize,
+    /// When the request was queued (the batcher's deadline counts from it).
     pub enqueued: Instant,
     pub span: tracing::Span,
     pub reply: oneshot::Sender<Result<JobOutput, ServeError>>,

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use siesta_lifecycle::backend::Listening;
+
 pub struct Server {
     child: Option<Child>,
     client: reqwest::Client,
@@ -48,15 +50,12 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read listening line");
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-                .to_string()
-        };
+        let listening: Listening = line.parse().expect("the listening line");
         Server {
-            http: format!("http://{}", field("http=")),
-            grpc: format!("http://{}", field("grpc=")),
+            http: format!("http://{}", listening.http),
+            grpc: listening
+                .grpc
+                .map_or_else(String::new, |g| format!("http://{g}")),
             child: Some(child),
             client: reqwest::Client::new(),
         }

@@ -1,16 +1,15 @@
-//! The running autoscaler of one component: every second it moves the gateway's demand report
-//! into the stable and panic windows; every tick (and at once when a request arrives with no
-//! replica ready) it decides, reconciles and asks the backend for the result.
+//! The running autoscaler of one component: `component::Autoscaler` on tokio's clock, fed by the
+//! gateway's pool (demand reports, ready replicas, the wake-up when a request finds none) and
+//! applied to the backend, the pool's status and the Prometheus gauges.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::gauge;
 
-use super::{Decider, Observation, Reconciler, ReconcilerSpec, WindowAverage};
+use super::component::{Autoscaler, Step};
 use crate::backend::ReplicaBackend;
-use crate::gateway::pool::Pool;
-use crate::manifest::{ComponentScaling, ScaleMetric};
+use crate::gateway::pool::{Observed, Pool};
+use crate::manifest::ComponentScaling;
 
 pub struct LiveAutoscaler {
     pub pool: Arc<Pool>,
@@ -21,123 +20,64 @@ pub struct LiveAutoscaler {
 
 impl LiveAutoscaler {
     pub async fn run(self) {
-        let key = self.pool.key.clone();
-        let name = key.to_string();
-        let s = &self.scaling;
-        let mut stable = WindowAverage::new(s.decider.stable_window.as_millis() as u64, 1000);
-        let mut panic = WindowAverage::new(s.panic_window.as_millis() as u64, 1000);
-        let now = self.pool.now_ms();
-        let mut decider = Decider::new(s.decider.clone(), now, 0);
-        let mut reconciler = Reconciler::new(
-            ReconcilerSpec {
-                min_scale: s.min_scale,
-                max_scale: s.max_scale,
-                initial_scale: s.initial_scale,
-                enable_scale_to_zero: self.enable_scale_to_zero,
-                stable_window: s.decider.stable_window,
-                scale_to_zero_grace: s.scale_to_zero_grace,
-                scale_to_zero_pod_retention: s.scale_to_zero_pod_retention,
-                ..ReconcilerSpec::default()
-            },
-            now,
-        );
-        // The first sample after a whole second: one taken at start would be a report over no
-        // time, read as "no demand" although nothing was measured yet.
-        let mut every_second = tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(1),
-            Duration::from_secs(1),
-        );
-        let mut tick = tokio::time::interval(s.decider.tick);
-        let mut requeue: Option<tokio::time::Instant> = None;
-        // Demand already recorded when a request woke a component at zero; the next periodic
-        // report covers the same requests, so it is taken off there (Knative's activator
-        // subtracts its first-request report the same way; counting both doubled the replicas
-        // started from zero).
-        let mut pre_reported = 0.0f64;
+        let pool = &self.pool;
+        let mut autoscaler =
+            Autoscaler::new(&self.scaling, self.enable_scale_to_zero, pool.now_ms());
         loop {
-            let mut poked = false;
-            tokio::select! {
-                _ = every_second.tick() => {
-                    let r = self.pool.report();
-                    let v = match s.metric { ScaleMetric::Concurrency => r.concurrency, ScaleMetric::Rps => r.rps };
-                    let v = (v - std::mem::take(&mut pre_reported)).max(0.0);
-                    let now = self.pool.now_ms();
-                    stable.record(now, v);
-                    panic.record(now, v);
-                    continue;
+            let due = pool.instant_at(autoscaler.next_due_ms());
+            // Biased: when a timer and a wake-up are both ready, the schedule goes first, as
+            // the simulator orders them.
+            let step = tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(due) => {
+                    autoscaler.on_time(pool.now_ms(), pool.ready() as u32, || pool.report())
                 }
-                _ = tick.tick() => {}
-                _ = async { match requeue { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
-                _ = self.pool.demand.notified() => { poked = true; }
-            }
-            let now = self.pool.now_ms();
-            let ready = self.pool.ready() as u32;
-            if poked {
-                if ready > 0 {
-                    continue;
+                _ = pool.demand.notified() => {
+                    autoscaler.on_wake(pool.now_ms(), pool.ready() as u32, pool.in_flight())
                 }
-                // Scale from zero now, not at the next tick: record the held demand at once,
-                // as the activator pushes its first stat.
-                let v = f64::from(self.pool.in_flight().max(1));
-                stable.record(now, v);
-                panic.record(now, v);
-                pre_reported += v;
-            }
-            let decision = match (stable.average(now), panic.average(now)) {
-                (Some(st), Some(pa)) => Some(decider.scale(Observation {
-                    now_ms: now,
-                    ready,
-                    stable: st,
-                    panic: pa,
-                    reachable: true,
-                })),
-                _ => None,
             };
-            if decision.is_none() && ready > 0 {
-                // No demand data yet, but replicas already serve: a gateway restarted in a
-                // cluster adopts them as they are instead of falling back to the initial scale
-                // (which would cut a busy Deployment down to one replica).
-                continue;
+            if let Some(step) = step {
+                self.apply(step);
             }
-            let outcome = reconciler.reconcile(now, decision, ready);
-            requeue = outcome
-                .requeue_after
-                .map(|d| tokio::time::Instant::now() + d);
-            if let (Some(d), Some(st), Some(pa)) =
-                (decision, stable.average(now), panic.average(now))
-            {
-                *self.pool.observed.lock() = crate::gateway::pool::Observed {
-                    stable: st,
-                    panic: pa,
-                    desired: d.desired,
-                    panicking: d.panicking,
-                    excess_burst_capacity: d.excess_burst_capacity,
-                };
+        }
+    }
+
+    fn apply(&self, step: Step) {
+        let pool = &self.pool;
+        let name = &pool.name;
+        if let (Some(d), Some(st), Some(pa)) = (step.decision, step.stable, step.panic) {
+            *pool.observed.lock() = Observed {
+                stable: st,
+                panic: pa,
+                desired: d.desired,
+                panicking: d.panicking,
+                excess_burst_capacity: d.excess_burst_capacity,
+            };
+        }
+        if let Some(d) = step.decision {
+            gauge!("siesta_autoscaler_desired_replicas", "component" => name.clone())
+                .set(f64::from(d.desired));
+            gauge!("siesta_autoscaler_excess_burst_capacity", "component" => name.clone())
+                .set(f64::from(d.excess_burst_capacity));
+            gauge!("siesta_autoscaler_panic_mode", "component" => name.clone())
+                .set(if d.panicking { 1.0 } else { 0.0 });
+        }
+        if let Some(st) = step.stable {
+            gauge!("siesta_autoscaler_stable_value", "component" => name.clone()).set(st);
+        }
+        if let Some(pa) = step.panic {
+            gauge!("siesta_autoscaler_panic_value", "component" => name.clone()).set(pa);
+        }
+        gauge!("siesta_gateway_ready_replicas", "component" => name.clone())
+            .set(pool.ready() as f64);
+        gauge!("siesta_gateway_queue_depth", "component" => name.clone())
+            .set(pool.waiting() as f64);
+        if let Some(n) = step.outcome.replicas {
+            if let Err(e) = self.backend.scale(&pool.key, n) {
+                tracing::error!(component = %name, error = %e, "scale failed");
             }
-            if let Some(d) = decision {
-                gauge!("siesta_autoscaler_desired_replicas", "component" => name.clone())
-                    .set(f64::from(d.desired));
-                gauge!("siesta_autoscaler_excess_burst_capacity", "component" => name.clone())
-                    .set(f64::from(d.excess_burst_capacity));
-                gauge!("siesta_autoscaler_panic_mode", "component" => name.clone())
-                    .set(if d.panicking { 1.0 } else { 0.0 });
-            }
-            if let Some(st) = stable.average(now) {
-                gauge!("siesta_autoscaler_stable_value", "component" => name.clone()).set(st);
-            }
-            if let Some(pa) = panic.average(now) {
-                gauge!("siesta_autoscaler_panic_value", "component" => name.clone()).set(pa);
-            }
-            gauge!("siesta_gateway_ready_replicas", "component" => name.clone())
-                .set(f64::from(ready));
-            gauge!("siesta_gateway_queue_depth", "component" => name.clone())
-                .set(self.pool.waiting() as f64);
-            if let Some(n) = outcome.replicas {
-                if let Err(e) = self.backend.scale(&key, n) {
-                    tracing::error!(component = %name, error = %e, "scale failed");
-                }
-                tracing::debug!(component = %name, replicas = n, ?decision, condition = ?outcome.condition, "scaled");
-            }
+            tracing::debug!(component = %name, replicas = n, decision = ?step.decision,
+                condition = ?step.outcome.condition, "scaled");
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 /// One GPU as NVML sees it now.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GpuInfo {
     pub index: u32,
     pub name: String,

@@ -19,7 +19,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::gpu::{GpuInventory, place};
-use super::{BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate};
+use super::{
+    BackendError, BackendStatus, ComponentKey, Endpoint, Listening, ReplicaBackend, ReplicaTemplate,
+};
 
 /// How long a replica may take from spawn to ready (model download and load included).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(600);
@@ -334,16 +336,7 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
     }
     let mut child = cmd
         .arg("serve")
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--replica-id",
-            &id,
-        ])
+        .args(["--replica-id", &id])
         .args(&c.template.args)
         .envs(c.template.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -398,10 +391,13 @@ async fn wait_ready(
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).await.ok()?;
-    let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
-    let addr: SocketAddr = field("http=")?.parse().ok()?;
-    // "grpc=off" for replicas without gRPC.
-    let grpc = field("grpc=").and_then(|g| g.parse().ok());
+    let Listening { http: addr, grpc } = match line.parse::<Listening>() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "replica printed no listening line");
+            return None;
+        }
+    };
     loop {
         if probe_ready(addr).await {
             return Some((addr, grpc));

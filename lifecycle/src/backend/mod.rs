@@ -3,7 +3,10 @@
 //! a cluster: Deployments (the Kubernetes issue).
 
 pub mod gpu;
+pub mod listening;
 pub mod local;
+
+pub use listening::Listening;
 
 use std::fmt;
 use std::net::SocketAddr;

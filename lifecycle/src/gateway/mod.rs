@@ -10,6 +10,7 @@ pub mod stats;
 pub mod trace;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,22 @@ pub struct Route {
     pub timeout: Duration,
 }
 
+/// The gateway's listening socket could not be had.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds the gateway's listener; with it, the address it got (a port 0 resolved).
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let fail = |source| BindError { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
+}
+
 /// The routes by InferenceService name; in a cluster they change as InferenceServices come
 /// and go.
 pub type Routes = Arc<parking_lot::RwLock<HashMap<String, Route>>>;
@@ -47,7 +64,7 @@ pub type Routes = Arc<parking_lot::RwLock<HashMap<String, Route>>>;
 /// Renders the process's Prometheus metrics.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 /// The `/siesta/status` document.
-pub type StatusRender = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type StatusRender = Arc<dyn Fn() -> crate::status::StatusDocument + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Gateway {

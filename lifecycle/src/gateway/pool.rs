@@ -55,7 +55,7 @@ pub struct Pool {
     started: Instant,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Observed {
     pub stable: f64,
     pub panic: f64,
@@ -141,6 +141,11 @@ impl Pool {
 
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// The instant of `now_ms() == ms`, for timers on the same clock.
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        self.started + std::time::Duration::from_millis(ms)
     }
 
     pub fn ready(&self) -> usize {

@@ -16,10 +16,20 @@ const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
 /// Knative's floor for a target value.
 const TARGET_MIN: f64 = 0.01;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScaleMetric {
     Concurrency,
     Rps,
+}
+
+impl ScaleMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleMetric::Concurrency => "concurrency",
+            ScaleMetric::Rps => "rps",
+        }
+    }
 }
 
 /// Cluster-wide settings (Knative's config-autoscaler), overridable by `siesta up` flags.

@@ -43,7 +43,10 @@ pub struct InferenceService {
     pub ignored: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ComponentKind {
     Predictor,
     Transformer,
@@ -106,18 +109,11 @@ pub fn parse(
         if value.is_null() {
             continue;
         }
-        let raw: RawInferenceService = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            err(
-                if path == "." {
-                    format!("document {}", i + 1)
-                } else {
-                    path
-                },
-                e.into_inner().to_string(),
-            )
-        })?;
-        out.push(convert(raw, defaults)?);
+        out.push(from_document(
+            value,
+            &format!("document {}", i + 1),
+            defaults,
+        )?);
     }
     if out.is_empty() {
         return Err(err("document", "no InferenceService in the file"));
@@ -126,6 +122,33 @@ pub fn parse(
 }
 
 use serde::Deserialize;
+
+/// One InferenceService from an already-structured document (an object read from the API
+/// server, as JSON), checked exactly as a manifest file is.
+pub fn from_json(
+    value: serde_json::Value,
+    defaults: &ClusterDefaults,
+) -> Result<InferenceService, ManifestError> {
+    from_document(value, "document", defaults)
+}
+
+fn from_document<'de, D: serde::Deserializer<'de>>(
+    document: D,
+    whole: &str,
+    defaults: &ClusterDefaults,
+) -> Result<InferenceService, ManifestError>
+where
+    D::Error: std::fmt::Display,
+{
+    let raw: RawInferenceService = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        err(
+            if path == "." { whole.to_string() } else { path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    convert(raw, defaults)
+}
 
 fn convert(
     raw: RawInferenceService,

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap, loss};
+use siesta_models::architecture::Architecture;
 use siesta_models::digits::{is_held_out, load_digits};
-use siesta_models::mnist::{ARCHITECTURE, MnistCnn, SIDE, digit_to_mnist};
+use siesta_models::mnist::{MnistCnn, SIDE, digit_to_mnist};
 
 const EPOCHS: usize = 30;
 const BATCH: usize = 64;
@@ -137,7 +138,7 @@ fn write_model(varmap: &VarMap, dir: &PathBuf, acc: f32, held_out: usize) -> Res
     std::fs::rename(&tmp, dir.join("model.safetensors"))?;
     let config = serde_json::json!({
         "name": "mnist",
-        "architecture": ARCHITECTURE,
+        "architecture": Architecture::MnistCnn.name(),
         "weights": "model.safetensors",
         "max_batch_size": 64,
         "max_queue_delay_us": 0,

@@ -81,7 +81,7 @@ pub fn config_from_graph(
     };
     Ok(ModelConfig {
         name: name.to_string(),
-        architecture: super::ARCHITECTURE.into(),
+        architecture: crate::architecture::Architecture::Onnx,
         weights: file.file_name().map(|f| f.to_string_lossy().into_owned()),
         weights_sha256: None,
         max_batch_size: if batched { DERIVED_MAX_BATCH } else { 0 },

@@ -19,8 +19,6 @@ use crate::error::ModelError;
 use crate::model::Model;
 use crate::tensor::{DataType, Tensor};
 
-pub const ARCHITECTURE: &str = "onnx";
-
 pub struct OnnxModel {
     config: ModelConfig,
     /// The graph without its initializers...

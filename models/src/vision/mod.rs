@@ -25,16 +25,6 @@ use crate::tensor::{DataType, Tensor};
 
 pub use resnet::Depth;
 
-pub const ARCHITECTURES: [&str; 7] = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "mobilenet_v2",
-    "inception_v3",
-];
-
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 const INPUT: &str = "input";
@@ -49,19 +39,6 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "resnet18" => Arch::ResNet(Depth::D18),
-            "resnet34" => Arch::ResNet(Depth::D34),
-            "resnet50" => Arch::ResNet(Depth::D50),
-            "resnet101" => Arch::ResNet(Depth::D101),
-            "resnet152" => Arch::ResNet(Depth::D152),
-            "mobilenet_v2" => Arch::MobileNetV2,
-            "inception_v3" => Arch::InceptionV3,
-            _ => return None,
-        })
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Arch::ResNet(Depth::D18) => "resnet18",
@@ -179,10 +156,6 @@ impl Arch {
             Arch::InceptionV3 => Net::InceptionV3(inception_v3::InceptionV3::new(vb, classes)?),
         })
     }
-}
-
-pub fn is_vision(architecture: &str) -> bool {
-    ARCHITECTURES.contains(&architecture)
 }
 
 /// Fills what the config leaves out with the architecture's defaults and checks what it gives:
@@ -429,9 +402,6 @@ mod tests {
                 want,
                 "{keys:?}"
             );
-        }
-        for name in ARCHITECTURES {
-            assert_eq!(Arch::parse(name).map(Arch::name), Some(name));
         }
     }
 

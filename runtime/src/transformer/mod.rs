@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 pub use self::predictor::{PredictorClient, PredictorSpec};
 use crate::error::{Result, ServeError};
-use crate::server::ServerError;
+use crate::server::RunError;
 
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
@@ -61,7 +61,7 @@ type Shared = Arc<Transformer>;
 pub async fn run(
     cfg: TransformerConfig,
     on_listening: impl FnOnce(SocketAddr),
-) -> Result<(), ServerError> {
+) -> Result<(), RunError> {
     let prometheus = crate::metrics::install();
     let client = PredictorClient::new(
         &cfg.predictor_url,
@@ -69,16 +69,16 @@ pub async fn run(
         cfg.predictor_model.clone(),
         cfg.request_timeout,
     )
-    .map_err(ServerError::Serve)?;
+    .map_err(RunError::Serve)?;
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|source| RunError::Bind {
             addr: cfg.http_addr,
             source,
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
+        .map_err(|e| RunError::Serve(e.to_string()))?;
     let drain_timeout = cfg.drain_timeout;
     let state: Shared = Arc::new(Transformer {
         cfg,
@@ -110,25 +110,13 @@ pub async fn run(
             })
             .await
     });
-    wait_for_signal().await?;
+    let signal = crate::signals::ShutdownSignal::register()
+        .map_err(|e| RunError::Serve(format!("cannot listen for signals: {e}")))?;
+    signal.recv().await;
     tracing::info!("draining");
     let _ = stop_tx.send(());
     // In-flight requests finish; the bound keeps a stuck predictor from holding the exit.
     let _ = tokio::time::timeout(drain_timeout, server).await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<(), ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let register = |kind| {
-        signal(kind).map_err(|e| ServerError::Serve(format!("cannot listen for signals: {e}")))
-    };
-    let mut term = register(SignalKind::terminate())?;
-    let mut int = register(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }
 

@@ -8,8 +8,6 @@
 //! Not modelled: admission, validation, field-manager conflicts, garbage collection by owner,
 //! watch expiry (410 Gone), pagination (everything fits in one page).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -18,9 +16,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
+use kube::Client;
+use kube::client::Body;
 use serde_json::{Value, json};
-use siesta_k8s::kube::Client;
-use siesta_k8s::kube::client::Body;
 use tokio::sync::broadcast;
 
 /// One change, as a watch sends it.

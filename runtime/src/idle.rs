@@ -1,4 +1,4 @@
-//! Server-wide lifecycle: draining on SIGTERM and the idle tiers (release device memory, exit).
+//! Draining on SIGTERM and the idle tiers (release device memory, exit): how a replica stops.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

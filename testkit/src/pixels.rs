@@ -1,4 +1,5 @@
-//! Test images shared by the GPU tests and benches/gpu/gpu_check.rs.
+//! Test images shared by the GPU tests and benches/gpu/gpu_check.rs: the same bytes for the
+//! same seed on every machine, so a GPU run compares with a CPU run elsewhere.
 
 /// `len` pseudo-random bytes (a 64-bit LCG), the same for the same seed on every machine.
 pub fn pixels(len: usize, seed: u64) -> Vec<u8> {
