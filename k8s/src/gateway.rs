@@ -14,13 +14,11 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use parking_lot::Mutex;
 use serde_json::json;
-use siesta_lifecycle::autoscaler::live::LiveAutoscaler;
-use siesta_lifecycle::backend::{ComponentKey, ReplicaBackend};
-use siesta_lifecycle::gateway::pool::Pool;
-use siesta_lifecycle::gateway::{self, BindError, Gateway, MetricsRender, Route, Routes};
+use siesta_lifecycle::backend::ReplicaBackend;
+use siesta_lifecycle::gateway::install::{InstallSettings, InstalledService, install_service};
+use siesta_lifecycle::gateway::{self, BindError, Gateway, MetricsRender, Routes};
 use siesta_lifecycle::manifest::{self, ClusterDefaults};
-use siesta_lifecycle::status::{ComponentStatus, ScalingView, StatusDocument, Watched};
-use tokio::task::JoinHandle;
+use siesta_lifecycle::status::{ComponentStatus, StatusDocument};
 
 use crate::backend::{Clock, KubeBackend};
 use crate::controller::api_resource;
@@ -45,9 +43,7 @@ pub struct GatewayConfig {
 struct Installed {
     /// Spec and annotations as last installed: a change reinstalls the service.
     fingerprint: String,
-    keys: Vec<ComponentKey>,
-    autoscalers: Vec<JoinHandle<()>>,
-    pools: Vec<Watched>,
+    service: InstalledService,
 }
 
 struct Services {
@@ -127,63 +123,32 @@ impl Services {
             "spec": obj.data["spec"],
         });
         let isvc = manifest::from_json(doc, &self.defaults)?;
-        let mut keys = Vec::new();
-        let mut autoscalers = Vec::new();
-        let mut pools = Vec::new();
-        let mut route_pools = Vec::new();
-        for c in std::iter::once(&isvc.predictor).chain(isvc.transformer.as_ref()) {
-            let key = ComponentKey {
-                service: name.clone(),
-                kind: c.kind,
-            };
-            self.backend.register_in(ns, &key);
-            let endpoints = self.backend.endpoints(&key).expect("registered above");
-            let pool = Pool::new(
-                key.clone(),
-                c.container_concurrency,
-                self.hold_limit,
-                endpoints,
-            );
-            autoscalers.push(tokio::spawn(
-                LiveAutoscaler {
-                    pool: pool.clone(),
-                    backend: Arc::new(self.backend.clone()) as Arc<dyn ReplicaBackend>,
-                    scaling: c.scaling.clone(),
-                    enable_scale_to_zero: self.defaults.enable_scale_to_zero,
-                }
-                .run(),
-            ));
-            pools.push((pool.clone(), ScalingView::of(c)));
-            route_pools.push((pool, c.timeout));
-            keys.push(key);
-        }
-        let (predictor, timeout) = route_pools[0].clone();
-        let entry = route_pools
-            .last()
-            .map_or(predictor.clone(), |(p, _)| p.clone());
-        self.routes.write().insert(
-            name.clone(),
-            Route {
-                entry,
-                predictor,
-                timeout,
+        let service = install_service(
+            &isvc,
+            Arc::new(self.backend.clone()),
+            InstallSettings {
+                hold_limit: self.hold_limit,
+                enable_scale_to_zero: self.defaults.enable_scale_to_zero,
             },
-        );
-        tracing::info!(namespace = %ns, service = %name, components = keys.len(), "serving");
+            |key, _| {
+                self.backend.register_in(ns, key);
+                Ok::<_, manifest::ManifestError>(())
+            },
+        )?;
+        self.routes
+            .write()
+            .insert(name.clone(), service.route.clone());
+        tracing::info!(namespace = %ns, service = %name, components = service.keys.len(), "serving");
         Ok(Installed {
             fingerprint,
-            keys,
-            autoscalers,
-            pools,
+            service,
         })
     }
 
     fn uninstall(&self, (ns, name): &(String, String), old: Installed) {
         self.routes.write().remove(name);
-        for t in &old.autoscalers {
-            t.abort();
-        }
-        for k in &old.keys {
+        old.service.stop();
+        for k in &old.service.keys {
             self.backend.forget(k);
         }
         tracing::info!(namespace = %ns, service = %name, "no longer serving");
@@ -194,7 +159,7 @@ impl Services {
         StatusDocument {
             components: installed
                 .values()
-                .flat_map(|i| &i.pools)
+                .flat_map(|i| &i.service.watched)
                 .map(|(pool, view)| ComponentStatus::read(pool, view, &self.backend))
                 .collect(),
             // The nodes' GPUs are the cluster's to report (e.g. DCGM's exporter).

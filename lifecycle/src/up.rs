@@ -6,16 +6,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::autoscaler::live::LiveAutoscaler;
 use crate::backend::gpu::GpuInventory;
 use crate::backend::local::LocalBackend;
-use crate::backend::{ComponentKey, ReplicaBackend, ReplicaTemplate};
-use crate::gateway::pool::Pool;
+use crate::backend::{ReplicaBackend, ReplicaTemplate};
+use crate::gateway::install::{InstallSettings, InstalledService, install_service};
 use crate::gateway::trace::TraceRecorder;
-use crate::gateway::{self, BindError, Gateway, MetricsRender, Route};
+use crate::gateway::{self, BindError, Gateway, MetricsRender};
 use crate::manifest::{Component, InferenceService};
 use crate::replica::{self, Replica, Role, Site};
-use crate::status::{ScalingView, StatusDocument, Watched};
+use crate::status::{StatusDocument, Watched};
 
 /// How long the gateway waits for open client connections once shutdown begins.
 const GATEWAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -119,47 +118,32 @@ pub async fn run(
     let (listener, addr) = gateway::bind(cfg.addr).await?;
     let mut routes = HashMap::new();
     let mut all_pools: Vec<Watched> = Vec::new();
-    let mut scalers = Vec::new();
+    let mut installed = Vec::new();
+    let settings = InstallSettings {
+        hold_limit: cfg.hold_limit,
+        enable_scale_to_zero: cfg.enable_scale_to_zero,
+    };
     for isvc in &cfg.services {
         if routes.contains_key(&isvc.name) {
             return Err(UpError::Duplicate(isvc.name.clone()));
         }
-        let mut pools = Vec::new();
-        for c in std::iter::once(&isvc.predictor).chain(isvc.transformer.as_ref()) {
-            let key = ComponentKey {
-                service: isvc.name.clone(),
-                kind: c.kind,
-            };
-            backend.register(
-                &key,
-                template(isvc, c, &cfg.replica_args, &cfg.gpu_memory, addr)?,
-            );
-            let endpoints = backend.endpoints(&key).expect("registered above");
-            let pool = Pool::new(key, c.container_concurrency, cfg.hold_limit, endpoints);
-            scalers.push(LiveAutoscaler {
-                pool: pool.clone(),
-                backend: backend.clone() as Arc<dyn ReplicaBackend>,
-                scaling: c.scaling.clone(),
-                enable_scale_to_zero: cfg.enable_scale_to_zero,
-            });
-            all_pools.push((pool.clone(), ScalingView::of(c)));
-            pools.push((pool, c.timeout));
-        }
-        let (predictor, timeout) = pools[0].clone();
-        let entry = pools
-            .last()
-            .map(|(p, _)| p.clone())
-            .unwrap_or_else(|| predictor.clone());
-        routes.insert(
-            isvc.name.clone(),
-            Route {
-                entry,
-                predictor,
-                timeout,
-            },
-        );
+        let dyn_backend: Arc<dyn ReplicaBackend> = backend.clone();
+        let service = install_service(isvc, dyn_backend, settings, |key, c| {
+            let t = template(isvc, c, &cfg.replica_args, &cfg.gpu_memory, addr)?;
+            backend.register(key, t);
+            Ok::<_, UpError>(())
+        });
+        let service = match service {
+            Ok(s) => s,
+            Err(e) => {
+                installed.iter().for_each(InstalledService::stop);
+                return Err(e);
+            }
+        };
+        routes.insert(isvc.name.clone(), service.route.clone());
+        all_pools.extend(service.watched.iter().cloned());
+        installed.push(service);
     }
-    let tasks: Vec<_> = scalers.into_iter().map(|s| tokio::spawn(s.run())).collect();
     on_listening(addr);
     let status_backend = backend.clone();
     let status_gpus = cfg.gpus.clone();
@@ -197,9 +181,7 @@ pub async fn run(
             GATEWAY_DRAIN.as_secs()
         ),
     }
-    for t in tasks {
-        t.abort();
-    }
+    installed.iter().for_each(InstalledService::stop);
     backend.shutdown().await;
     Ok(())
 }

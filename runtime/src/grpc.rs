@@ -2,9 +2,9 @@
 //! clients make (model config, statistics, repository).
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use siesta_models::{DataType, Tensor};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 

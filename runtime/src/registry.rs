@@ -276,7 +276,7 @@ fn load_and_warm_up(
         engine: opts.engine,
         precision: opts.precision,
     };
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut model = siesta_models::load_model(&source, &load_opts)?;
     let loaded = started.elapsed();
     warm_up(model.as_mut())?;
@@ -310,4 +310,110 @@ fn warm_up(model: &mut dyn Model) -> Result<(), ModelError> {
         .collect::<Result<_, _>>()?;
     model.forward(&inputs)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(repository: Option<PathBuf>) -> Arc<ModelRegistry> {
+        ModelRegistry::new(RegistryOptions {
+            device: DeviceSpec::Cpu,
+            precision: siesta_models::Precision::F32,
+            queue_limit: 8,
+            max_batch_size: None,
+            max_queue_delay_us: None,
+            model_format: None,
+            engine: None,
+            storage: StorageOptions::default(),
+            repository,
+        })
+    }
+
+    fn state(r: &ModelRegistry, name: &str) -> (RepositoryState, String) {
+        let e = r
+            .index()
+            .into_iter()
+            .find(|e| e.name == name)
+            .expect("indexed");
+        (e.state, e.reason)
+    }
+
+    #[tokio::test]
+    async fn a_model_goes_unloaded_ready_unloaded_ready() {
+        let r = registry(None);
+        r.register("mnist", ModelLocation::Embedded);
+        assert!(matches!(r.get("mnist"), Err(ServeError::ModelNotReady(_))));
+        assert_eq!(
+            state(&r, "mnist"),
+            (RepositoryState::Unavailable, "unloaded".into())
+        );
+        assert!(!r.all_ready(), "nothing is loaded yet");
+
+        r.load("mnist").await.unwrap();
+        assert!(r.get("mnist").is_ok());
+        assert_eq!(state(&r, "mnist"), (RepositoryState::Ready, String::new()));
+        assert!(r.all_ready());
+        let handle = r.get("mnist").unwrap();
+        r.load("mnist").await.unwrap();
+        assert!(
+            Arc::ptr_eq(&handle, &r.get("mnist").unwrap()),
+            "loading a ready model keeps it"
+        );
+
+        r.unload("mnist").unwrap();
+        assert!(matches!(r.get("mnist"), Err(ServeError::ModelNotReady(_))));
+        assert_eq!(handle.status.state(), ModelState::Unloaded);
+        assert_eq!(
+            state(&r, "mnist"),
+            (RepositoryState::Unavailable, "unloaded".into())
+        );
+        assert!(!r.all_ready(), "ready needs at least one loaded model");
+
+        r.load("mnist").await.unwrap();
+        assert_eq!(state(&r, "mnist"), (RepositoryState::Ready, String::new()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_kept_with_its_reason_and_can_be_retried() {
+        let r = registry(None);
+        let missing = std::env::temp_dir().join("siesta-registry-test-no-such-model");
+        r.register(
+            "gone",
+            ModelLocation::Uri(missing.to_string_lossy().into_owned()),
+        );
+        let err = r.load("gone").await.unwrap_err();
+        assert!(matches!(err, ServeError::Load(_)), "{err:?}");
+        let (s, reason) = state(&r, "gone");
+        assert_eq!(s, RepositoryState::Unavailable);
+        assert!(
+            reason.contains("siesta-registry-test-no-such-model"),
+            "{reason}"
+        );
+        assert!(matches!(r.get("gone"), Err(ServeError::ModelNotReady(_))));
+        assert!(!r.all_ready());
+        // A retry goes through loading again (and fails the same way).
+        assert!(r.load("gone").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_names_are_not_found_and_repository_names_cannot_escape() {
+        let repo =
+            std::env::temp_dir().join(format!("siesta-registry-repo-{}", std::process::id()));
+        std::fs::create_dir_all(&repo).unwrap();
+        let r = registry(Some(repo.clone()));
+        assert!(matches!(r.get("x"), Err(ServeError::ModelNotFound(_))));
+        assert!(matches!(r.unload("x"), Err(ServeError::ModelNotFound(_))));
+        assert!(matches!(
+            r.load("x").await,
+            Err(ServeError::ModelNotFound(_))
+        ));
+        for bad in ["../etc", "a/b", "..", ""] {
+            assert!(
+                matches!(r.load(bad).await, Err(ServeError::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&repo);
+    }
 }

@@ -171,3 +171,159 @@ fn fail_all(jobs: Vec<Job>, e: ServeError) {
         let _ = job.reply.send(Err(e.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use siesta_models::{Model, ModelConfig, ModelError, Tensor};
+    use tokio::sync::oneshot;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Doubles its input; counts the rows of every forward; fails on a negative value; holds
+    /// 1 KiB of "device memory" until released.
+    struct Doubler {
+        config: ModelConfig,
+        forwards: Arc<Mutex<Vec<usize>>>,
+        on_device: bool,
+    }
+
+    impl Model for Doubler {
+        fn config(&self) -> &ModelConfig {
+            &self.config
+        }
+        fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+            let x = inputs[0]
+                .to_f32_vec()
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+            if x.iter().any(|v| *v < 0.0) {
+                return Err(ModelError::Inference("negative input".into()));
+            }
+            self.forwards.lock().push(inputs[0].shape[0]);
+            let y: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+            Ok(vec![Tensor::from_f32("y", inputs[0].shape.clone(), &y)])
+        }
+        fn release_device_memory(&mut self) {
+            self.on_device = false;
+        }
+        fn restore_device_memory(&mut self) -> Result<(), ModelError> {
+            self.on_device = true;
+            Ok(())
+        }
+        fn device_memory_bytes(&self) -> u64 {
+            if self.on_device { 1024 } else { 0 }
+        }
+        fn device_name(&self) -> String {
+            "cpu".into()
+        }
+    }
+
+    fn start() -> (
+        mpsc::Sender<WorkerMsg>,
+        Arc<ModelStatus>,
+        Arc<Mutex<Vec<usize>>>,
+    ) {
+        let config: ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "double", "architecture": "identity", "max_batch_size": 8,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
+        }))
+        .unwrap();
+        let forwards = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(ModelStatus::new("double"));
+        status.set_state(ModelState::Ready);
+        let model = Doubler {
+            config,
+            forwards: forwards.clone(),
+            on_device: true,
+        };
+        (spawn(Box::new(model), status.clone()), status, forwards)
+    }
+
+    type Reply = oneshot::Receiver<Result<JobOutput, ServeError>>;
+
+    fn job(values: &[f32]) -> (Job, Reply) {
+        let rows = values.len() / 2;
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            inputs: vec![Tensor::from_f32("x", vec![rows, 2], values)],
+            rows,
+            enqueued: Instant::now(),
+            span: tracing::Span::none(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_as_one_forward_and_each_request_gets_its_own_rows() {
+        let (worker, _status, forwards) = start();
+        let (a, ra) = job(&[1.0, 2.0]);
+        let (b, rb) = job(&[3.0, 4.0, 5.0, 6.0]);
+        worker
+            .send(WorkerMsg::Batch(vec![a, b]))
+            .await
+            .ok()
+            .unwrap();
+        let a = ra.await.unwrap().unwrap();
+        let b = rb.await.unwrap().unwrap();
+        assert_eq!(a.outputs[0].to_f32_vec().unwrap(), [2.0, 4.0]);
+        assert_eq!(b.outputs[0].to_f32_vec().unwrap(), [6.0, 8.0, 10.0, 12.0]);
+        assert_eq!((a.timing.batch_rows, b.timing.batch_rows), (3, 3));
+        assert_eq!(*forwards.lock(), [3]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_forward_answers_every_request_with_the_error() {
+        let (worker, _status, _) = start();
+        let (a, ra) = job(&[1.0, -2.0]);
+        let (b, rb) = job(&[3.0, 4.0]);
+        worker
+            .send(WorkerMsg::Batch(vec![a, b]))
+            .await
+            .ok()
+            .unwrap();
+        for r in [ra, rb] {
+            let e = r.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, ServeError::Inference(m) if m == "negative input"),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_client_left_is_not_computed() {
+        let (worker, _status, forwards) = start();
+        let (gone, r) = job(&[1.0, 2.0]);
+        drop(r);
+        let (kept, rk) = job(&[3.0, 4.0]);
+        worker
+            .send(WorkerMsg::Batch(vec![gone, kept]))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(
+            rk.await.unwrap().unwrap().outputs[0].to_f32_vec().unwrap(),
+            [6.0, 8.0]
+        );
+        assert_eq!(*forwards.lock(), [1]);
+    }
+
+    #[tokio::test]
+    async fn release_frees_device_memory_and_the_next_batch_restores_it() {
+        let (worker, status, _) = start();
+        let (done, released) = oneshot::channel();
+        worker.send(WorkerMsg::Release(done)).await.ok().unwrap();
+        released.await.unwrap();
+        assert_eq!(status.state(), ModelState::Released);
+        let (a, ra) = job(&[1.0, 2.0]);
+        worker.send(WorkerMsg::Batch(vec![a])).await.ok().unwrap();
+        let out = ra.await.unwrap().unwrap();
+        assert!(out.timing.restored.is_some(), "this batch paid the restore");
+        assert_eq!(status.state(), ModelState::Ready);
+    }
+}

@@ -5,6 +5,7 @@
 
 mod error;
 pub mod grpc;
+pub mod install;
 pub mod pool;
 pub mod stats;
 pub mod trace;

@@ -6,7 +6,7 @@ mod repository;
 mod v1;
 pub(crate) mod v2;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -15,6 +15,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
 
 use crate::error::{Result, ServeError};
 use crate::infer::InferService;

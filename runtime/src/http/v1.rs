@@ -1,16 +1,16 @@
 //! KServe V1 REST: list, model status, `:predict`.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{AppState, observe, read_body, timing_headers};
+
 use crate::error::{Result, ServeError};
 use crate::protocol::v1::{build_predictions, parse_predict};
 

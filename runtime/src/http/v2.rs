@@ -1,8 +1,6 @@
 //! Open Inference Protocol (V2) REST: model metadata, readiness, Triton's model configuration,
 //! and inference with JSON or binary tensors.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -10,9 +8,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use siesta_models::ModelConfig;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{AppState, observe, read_body, timing_headers};
+
 use crate::error::{Result, ServeError};
 use crate::handle::ModelHandle;
 use crate::infer::SERVED_VERSION;

@@ -10,7 +10,7 @@ mod predictor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -21,9 +21,11 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use self::predictor::{PredictorClient, PredictorSpec};
+
 use crate::error::{Result, ServeError};
 use crate::server::RunError;
 
