@@ -79,7 +79,9 @@ install_torch() {
   [ -f "$(echo "$TORCH_VENV"/lib/python3*/site-packages/nvidia/cu13/include/crt/host_config.h)" ] ||
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-crt==13.0.88"
 }
-(install_cuda && install_torch) >target/install-gpu-stack.log 2>&1 &
+# At the lowest priority (the subshell renices itself; pip inherits it): unpacking and
+# byte-compiling 2.7 GB takes CPU the compiler needs more.
+(renice -n 19 "$BASHPID" >/dev/null; install_cuda && install_torch) >target/install-gpu-stack.log 2>&1 &
 GPU_STACK_PID=$!
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
