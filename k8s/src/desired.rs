@@ -140,6 +140,13 @@ pub fn as_manifest(
     })
 }
 
+fn mismatch(isvc: &InferenceService) -> ControllerError {
+    ControllerError::Invalid {
+        name: isvc.name_any(),
+        reason: "the checked manifest and the CRD object disagree (a Siesta bug)".into(),
+    }
+}
+
 /// The containers of one component's pods.
 fn containers(
     isvc: &InferenceService,
@@ -150,10 +157,7 @@ fn containers(
     let checked = as_manifest(isvc, &ClusterDefaults::default())?;
     let component = match kind {
         ComponentKind::Predictor => &checked.predictor,
-        ComponentKind::Transformer => checked
-            .transformer
-            .as_ref()
-            .expect("a transformer spec is a transformer component"),
+        ComponentKind::Transformer => checked.transformer.as_ref().ok_or_else(|| mismatch(isvc))?,
     };
     let site = Site::Pod {
         gateway: s.gateway.clone(),
@@ -186,9 +190,9 @@ fn containers(
             given.resources.as_ref(),
             json!([{"name": "http", "containerPort": HTTP_PORT}]),
         ),
-        _ => unreachable!(
-            "the template serves a model spec's model or the one transformer container"
-        ),
+        // The template and this spec are the same object read twice; a mismatch is a bug, reported
+        // as this InferenceService's error rather than a controller panic.
+        _ => return Err(mismatch(isvc)),
     };
     let mut args = vec!["serve".to_string()];
     args.extend(serve.args);

@@ -126,14 +126,17 @@ pub fn simulate(
             queue.pop_front();
         }
         // The schedule first, then the wake-up, as the live loop orders them.
-        let mut steps = Vec::with_capacity(2);
-        if now >= autoscaler.next_due_ms() {
-            steps.extend(autoscaler.on_time(now, ready, || demand.report(now)));
-        }
-        if woken {
-            steps.extend(autoscaler.on_wake(now, ready, demand.in_flight()));
-        }
-        for n in steps.iter().filter_map(|s| s.outcome.replicas) {
+        let timed = (now >= autoscaler.next_due_ms())
+            .then(|| autoscaler.on_time(now, ready, || demand.report(now)))
+            .flatten();
+        let woke = woken
+            .then(|| autoscaler.on_wake(now, ready, demand.in_flight()))
+            .flatten();
+        for n in [timed, woke]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.outcome.replicas)
+        {
             scale_requests.push(ScaleRequest {
                 t_ms: now,
                 replicas: n,

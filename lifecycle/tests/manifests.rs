@@ -276,3 +276,47 @@ fn invalid_manifests_name_the_field_and_the_reason() {
     );
     assert!(parse("", &ClusterDefaults::default()).is_err());
 }
+
+/// Objects from the API server go through the same checker as files: a wrong type, a missing
+/// field or a huge number is an error with the field path, never a panic.
+#[test]
+fn api_server_objects_are_checked_like_files() {
+    use serde_json::json;
+    use siesta_lifecycle::manifest::from_json;
+    let d = ClusterDefaults::default();
+    let doc = |spec: serde_json::Value| {
+        json!({"apiVersion": "serving.siesta.dev/v1beta1", "kind": "InferenceService",
+               "metadata": {"name": "m", "namespace": "ns"}, "spec": spec})
+    };
+    let ok = from_json(
+        doc(json!({"predictor": {"minReplicas": 0,
+                   "model": {"modelFormat": {"name": "siesta"}, "storageUri": "siesta://mnist"}}})),
+        &d,
+    )
+    .unwrap();
+    assert_eq!((ok.name.as_str(), ok.namespace.as_str()), ("m", "ns"));
+    assert_eq!(ok.predictor.scaling.min_scale, 0);
+    for (spec, path) in [
+        (
+            json!({"predictor": {"minReplicas": "zero"}}),
+            "spec.predictor.minReplicas",
+        ),
+        (
+            json!({"predictor": {"minReplicas": 1e300}}),
+            "spec.predictor.minReplicas",
+        ),
+        (
+            json!({"predictor": {"maxReplicas": 99_999_999_999_i64, "model": {"modelFormat": {"name": "x"}}}}),
+            "spec.predictor.maxReplicas",
+        ),
+        (json!({"predictor": {"model": {}}}), "spec.predictor.model"),
+        (json!({}), "spec"),
+        (json!({"predictor": {}}), "spec.predictor.model"),
+    ] {
+        let e = from_json(doc(spec.clone()), &d).unwrap_err();
+        assert!(e.path.starts_with(path), "{spec}: {e}");
+    }
+    // Not an object at all: serde reads it as a sequence of the fields and says which one is wrong.
+    let e = from_json(json!(["not", "an", "object"]), &d).unwrap_err();
+    assert!(e.reason.contains("invalid type"), "{e}");
+}
