@@ -14,7 +14,7 @@ pub mod backend;
 pub mod controller;
 pub mod crd;
 pub mod desired;
-pub mod error;
+mod error;
 pub mod gateway;
 
 pub use crd::{ComponentSpec, InferenceService, InferenceServiceSpec, InferenceServiceStatus};

@@ -10,10 +10,10 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod error;
-pub mod precision;
-pub mod preprocess;
-pub mod topk;
+mod error;
+mod precision;
+mod preprocess;
+mod topk;
 
 pub use error::KernelError;
 pub use precision::Precision;

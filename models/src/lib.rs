@@ -9,28 +9,28 @@
 
 pub mod architecture;
 pub mod config;
-pub mod device;
+mod device;
 pub mod digits;
 pub mod embedded;
-pub mod engine;
-pub mod error;
-pub mod identity;
-pub mod labels;
-pub mod loader;
-pub mod mar;
+mod engine;
+mod error;
+mod identity;
+mod labels;
+mod loader;
+mod mar;
 pub mod mnist;
-pub mod model;
-pub mod onnx;
-pub mod precision;
+mod model;
+mod onnx;
+mod precision;
 pub mod resident;
-pub mod state_dict;
+mod state_dict;
 pub mod storage;
 pub mod tensor;
 #[cfg(feature = "torch")]
 pub mod torch_cuda_cache;
 #[cfg(feature = "torch")]
-pub mod torchscript;
-pub mod vision;
+mod torchscript;
+mod vision;
 
 pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;

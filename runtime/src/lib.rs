@@ -8,21 +8,21 @@
 //! Must not depend on: the lifecycle manager or Kubernetes (`siesta-lifecycle`, `siesta-k8s`):
 //! a replica knows nothing of the gateway or the autoscaler that start it.
 
-pub mod batcher;
-pub mod error;
+mod batcher;
+mod error;
 pub mod grpc;
-pub mod handle;
-pub mod http;
+mod handle;
+mod http;
 pub mod idle;
-pub mod infer;
+mod infer;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
-pub mod server;
+mod server;
 pub mod signals;
-pub mod status;
+mod status;
 pub mod transformer;
-pub mod worker;
+mod worker;
 
 pub use error::ServeError;
 pub use server::{RunError, ServeConfig, StopReason, run};

@@ -1,14 +1,14 @@
 //! The Knative Pod Autoscaler, exactly: target resolution, the per-tick decision, the
 //! scale-down-delay window.
 
-pub mod component;
-pub mod decider;
+pub(crate) mod component;
+pub(crate) mod decider;
 pub mod duration;
 pub mod live;
-pub mod max_window;
-pub mod reconciler;
+pub(crate) mod max_window;
+pub(crate) mod reconciler;
 pub mod spec;
-pub mod window;
+pub(crate) mod window;
 
 pub use component::{Autoscaler, Step};
 pub use decider::{Decider, Decision, Observation};

@@ -3,8 +3,8 @@
 //! a cluster: Deployments (the Kubernetes issue).
 
 pub mod gpu;
-pub mod listening;
-pub mod local;
+pub(crate) mod listening;
+pub(crate) mod local;
 
 pub use listening::Listening;
 

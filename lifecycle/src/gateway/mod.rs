@@ -4,11 +4,11 @@
 //! `containerConcurrency`, and retries on another replica only requests that never reached one.
 
 mod error;
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod install;
 pub mod pool;
-pub mod stats;
-pub mod trace;
+pub(crate) mod stats;
+pub(crate) mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

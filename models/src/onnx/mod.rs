@@ -5,7 +5,7 @@
 
 mod derive;
 mod rewrite;
-pub mod saved_model;
+pub(crate) mod saved_model;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Protocol-independent requests and responses, and their validation against a model's config.
 //! V1, V2 REST and gRPC all decode into [`InferRequest`] and encode from [`InferResponse`].
 
-pub mod classification;
+pub(crate) mod classification;
 pub mod json_data;
 pub mod v1;
 pub mod v2;
