@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use siesta_lifecycle::manifest::raw::RawInferenceService;
 use siesta_lifecycle::manifest::{self, ClusterDefaults, ComponentKind};
 use siesta_lifecycle::replica::{Replica, Role, Site, replica};
 
@@ -126,18 +127,12 @@ pub fn as_manifest(
     isvc: &InferenceService,
     defaults: &ClusterDefaults,
 ) -> Result<manifest::InferenceService, ControllerError> {
-    let spec = serde_json::to_value(&isvc.spec).expect("serializable");
-    let doc = json!({
-        "apiVersion": format!("{}/v1beta1", crate::crd::SIESTA_GROUP),
-        "kind": "InferenceService",
-        "metadata": {"name": isvc.name_any(), "namespace": isvc.namespace(),
-                     "annotations": isvc.metadata.annotations.clone().unwrap_or_default()},
-        "spec": spec,
-    });
-    manifest::from_json(doc, defaults).map_err(|e| ControllerError::Invalid {
-        name: isvc.name_any(),
-        reason: e.to_string(),
-    })
+    RawInferenceService::try_from(isvc)
+        .and_then(|raw| manifest::check(raw, defaults))
+        .map_err(|e| ControllerError::Invalid {
+            name: isvc.name_any(),
+            reason: e.to_string(),
+        })
 }
 
 fn mismatch(isvc: &InferenceService) -> ControllerError {

@@ -3,7 +3,7 @@
 //! path of anything wrong.
 
 mod autoscaling;
-mod raw;
+pub mod raw;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -147,10 +147,12 @@ where
             e.into_inner().to_string(),
         )
     })?;
-    convert(raw, defaults)
+    check(raw, defaults)
 }
 
-fn convert(
+/// Checks an InferenceService as written (from a file, an API-server document, or the typed
+/// custom resource converted with `TryFrom`) into the form Siesta acts on.
+pub fn check(
     raw: RawInferenceService,
     defaults: &ClusterDefaults,
 ) -> Result<InferenceService, ManifestError> {

@@ -1,11 +1,12 @@
 //! The InferenceService manifest as written (KServe `serving.kserve.io/v1beta1` field names);
-//! [`super::parse`] turns it into checked domain types.
+//! [`super::check`] turns it into checked domain types. Files and API-server documents
+//! deserialize into it; the cluster's typed custom resource converts into it (`siesta-k8s`).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawInferenceService {
     pub api_version: String,
@@ -14,7 +15,7 @@ pub struct RawInferenceService {
     pub spec: RawSpec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RawMetadata {
     pub name: String,
     #[serde(default)]
@@ -23,7 +24,7 @@ pub struct RawMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawSpec {
     pub predictor: RawComponent,
@@ -33,7 +34,7 @@ pub struct RawSpec {
     pub explainer: Option<serde_yaml::Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawComponent {
     pub min_replicas: Option<i64>,
@@ -54,7 +55,7 @@ pub struct RawComponent {
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawModel {
     pub model_format: RawModelFormat,
@@ -72,14 +73,14 @@ pub struct RawModel {
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RawModelFormat {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RawContainer {
     #[serde(default)]
     pub name: Option<String>,
