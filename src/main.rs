@@ -23,6 +23,7 @@ use siesta_models::embedded::MNIST_NAME;
 use siesta_models::storage::{StorageOptions, parse_mirror};
 use siesta_models::{DeviceSpec, Precision};
 use siesta_runtime::idle::IdlePolicy;
+use siesta_runtime::registry::ModelControl;
 use siesta_runtime::registry::{ModelLocation, RegistryOptions};
 use siesta_runtime::transformer::TransformerConfig;
 use siesta_runtime::{ServeConfig, StopReason};
@@ -203,6 +204,10 @@ struct ServeArgs {
     /// A directory of model directories that the repository API can load by name.
     #[arg(long)]
     model_repository: Option<PathBuf>,
+    /// Whether clients may load and unload models through the repository API: `none` (refused,
+    /// 403) or `explicit`. As Triton's flag of the same name.
+    #[arg(long, default_value = "none")]
+    model_control_mode: ModelControl,
     /// Address to bind.
     #[arg(long, default_value = "0.0.0.0")]
     host: IpAddr,
@@ -336,6 +341,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
                 mirrors: a.storage_mirror,
             },
             repository: a.model_repository,
+            control: a.model_control_mode,
         },
         http_addr: SocketAddr::new(a.host, a.http_port),
         grpc_addr: (!a.no_grpc).then_some(SocketAddr::new(a.host, a.grpc_port)),
@@ -445,12 +451,18 @@ fn main() -> Result<()> {
                 // One machine-readable line on stdout, so scripts and tests learn the ports.
                 Listening { http, grpc }.announce()
             }))?;
-            if reason == StopReason::Idle {
-                tracing::info!("exited after idle");
-            }
             // Do not wait for blocking tasks (e.g. a stuck download) beyond the drain bound.
             rt.shutdown_timeout(Duration::from_secs(1));
-            Ok(())
+            match reason {
+                StopReason::Idle => {
+                    tracing::info!("exited after idle");
+                    Ok(())
+                }
+                StopReason::Signal => Ok(()),
+                StopReason::ModelFailed(model) => {
+                    bail!("model '{model}' failed while serving; exiting to be replaced")
+                }
+            }
         }
     }
 }

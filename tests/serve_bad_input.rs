@@ -193,6 +193,16 @@ fn cases() -> Vec<Case> {
             400,
         ),
         v2(
+            // The error message quotes the value: cut on a character, not a byte.
+            "non-ASCII strings in FP32 data",
+            input(
+                json!([1, 1, 28, 28]),
+                "FP32",
+                json!(vec!["é".repeat(30); 784]),
+            ),
+            400,
+        ),
+        v2(
             "null data",
             input(json!([1, 1, 28, 28]), "FP32", Value::Null),
             400,
@@ -385,10 +395,16 @@ fn cases() -> Vec<Case> {
         ),
         get("unknown route", "/v3/everything", 404),
         post(
-            "load a model that is nowhere",
+            "load with model control off (the default)",
             "/v2/repository/models/resnet/load",
             "",
-            404,
+            403,
+        ),
+        post(
+            "unload with model control off (the default)",
+            "/v2/repository/models/mnist/unload",
+            "",
+            403,
         ),
     ]
 }
@@ -499,4 +515,29 @@ async fn every_bad_request_gets_its_status_and_a_json_error_and_the_server_keeps
     let r = server.infer_zeros().await;
     assert_eq!(r.status(), 200);
     assert_eq!(server.get("/v2/health/ready").await.status(), 200);
+    assert_eq!(server.get("/v2/health/live").await.status(), 200);
+
+    // Invented model names are counted under one label, not one series each.
+    for i in 0..50 {
+        let r = client
+            .post(server.url(&format!("/v2/models/junk{i}/infer")))
+            .body(mnist_v2_body(&[vec![0.0; 784]]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = client
+            .post(server.url(&format!("/v1/models/junk{i}:predict")))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(!metrics.contains("junk"), "invented names became labels");
+    assert!(
+        metrics.contains(r#"model="_unknown""#),
+        "unknown names are counted: {metrics}"
+    );
 }

@@ -398,7 +398,34 @@ async fn repository_index_unload_and_load() {
         repo.path().join("echo/config.json"),
     )
     .unwrap();
-    let server = Server::start(&["--model-repository", repo.path().to_str().unwrap()]);
+    // Off by default (Triton's --model-control-mode none): no client can take the model away.
+    let locked = Server::start(&["--model-repository", repo.path().to_str().unwrap()]);
+    locked.wait_ready().await;
+    for path in [
+        "/v2/repository/models/mnist/unload",
+        "/v2/repository/models/echo/load",
+    ] {
+        let r = locked.post(path).await;
+        assert_eq!(r.status(), 403, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("--model-control-mode"),
+            "{body}"
+        );
+    }
+    assert_eq!(locked.infer_zeros().await.status(), 200);
+    assert_eq!(locked.get("/v2/health/live").await.status(), 200);
+    drop(locked);
+
+    let server = Server::start(&[
+        "--model-repository",
+        repo.path().to_str().unwrap(),
+        "--model-control-mode",
+        "explicit",
+    ]);
     server.wait_ready().await;
     let index: Value = server
         .post("/v2/repository/index")
@@ -422,6 +449,8 @@ async fn repository_index_unload_and_load() {
     assert_eq!(r.status(), 503);
     let r = server.infer_zeros().await;
     assert_eq!(r.status(), 503);
+    // An operator's unload is deliberate: the process stays live (nothing to restart).
+    assert_eq!(server.get("/v2/health/live").await.status(), 200);
     let r = server.post("/v2/repository/models/mnist/load").await;
     assert_eq!(r.status(), 200);
     let r = server.infer_zeros().await;

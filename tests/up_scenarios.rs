@@ -603,6 +603,45 @@ spec:
     for _ in 0..20 {
         client.model_infer(req.clone()).await.unwrap();
     }
+    // Replica control is not forwarded, on either protocol: the model keeps serving.
+    let err = client
+        .repository_model_unload(pb::RepositoryModelUnloadRequest {
+            model_name: "digits".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    let http = reqwest::Client::new();
+    for path in [
+        "/v2/repository/models/digits/unload",
+        "/v2/repository/models/digits/load",
+    ] {
+        let r = http
+            .post(format!("{}{path}", up.gateway))
+            .header("host", "digits.default.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("replica control"),
+            "{body}"
+        );
+    }
+    let r = http
+        .get(format!("{}/v2/models/digits/ready", up.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "metadata and health are forwarded");
+    client.model_infer(req.clone()).await.unwrap();
     assert!(
         client
             .model_ready(pb::ModelReadyRequest {

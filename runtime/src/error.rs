@@ -19,6 +19,10 @@ pub enum ServeError {
     VersionNotFound { name: String, version: String },
     #[error("model '{0}' is not ready")]
     ModelNotReady(String),
+    #[error(
+        "model {0} is off on this server (--model-control-mode none, the default); start it with --model-control-mode explicit"
+    )]
+    ModelControlOff(&'static str),
     #[error("request body of {got} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { got: usize, limit: usize },
     #[error("model '{model}' is overloaded: {queued} requests queued (limit {limit}); retry later")]
@@ -53,6 +57,7 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => StatusCode::NOT_FOUND,
             ServeError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::ModelControlOff(_) => StatusCode::FORBIDDEN,
             ServeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
@@ -77,6 +82,7 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => "not_found",
             ServeError::ModelNotReady(_) => "not_ready",
+            ServeError::ModelControlOff(_) => "forbidden",
             ServeError::BodyTooLarge { .. } => "too_large",
             ServeError::Overloaded { .. } => "overloaded",
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
@@ -97,6 +103,7 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => tonic::Status::not_found(msg),
             ServeError::ModelNotReady(_) => tonic::Status::unavailable(msg),
+            ServeError::ModelControlOff(_) => tonic::Status::permission_denied(msg),
             ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
             ServeError::Timeout(_) | ServeError::ClientTimeout(_) => {
                 tonic::Status::deadline_exceeded(msg)

@@ -174,7 +174,9 @@ impl GrpcInferenceService for GrpcService {
         &self,
         _: Request<pb::ServerLiveRequest>,
     ) -> GrpcResult<pb::ServerLiveResponse> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: self.svc.registry.live(),
+        }))
     }
 
     async fn server_ready(
@@ -326,7 +328,8 @@ impl GrpcInferenceService for GrpcService {
             Ok(_) => 200,
             Err(e) => e.status().as_u16(),
         };
-        metrics::request(&name, "grpc", status_code, started.elapsed());
+        let label = self.svc.registry.metric_label(&name);
+        metrics::request(label, "grpc", status_code, started.elapsed());
         let (resp, _timing) = result.map_err(|e| e.to_grpc())?;
         let mut outputs = Vec::with_capacity(resp.outputs.len());
         let mut raw = Vec::with_capacity(resp.outputs.len());
@@ -376,7 +379,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> GrpcResult<pb::RepositoryModelLoadResponse> {
         self.svc
             .registry
-            .load(&req.into_inner().model_name)
+            .request_load(&req.into_inner().model_name)
             .await
             .map_err(|e| e.to_grpc())?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
@@ -388,7 +391,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> GrpcResult<pb::RepositoryModelUnloadResponse> {
         self.svc
             .registry
-            .unload(&req.into_inner().model_name)
+            .request_unload(&req.into_inner().model_name)
             .map_err(|e| e.to_grpc())?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }

@@ -34,10 +34,33 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-pub fn request(model: &str, protocol: &'static str, status: u16, total: Duration) {
-    counter!("siesta_requests_total", "model" => model.to_string(), "protocol" => protocol, "status" => status.to_string())
+/// The `model` label of a request: a model this server has, or one shared label for every name
+/// it does not. Clients can invent any number of names, and every label value is a series the
+/// exporter keeps forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLabel(String);
+
+impl ModelLabel {
+    /// What requests for names no model has are counted under.
+    pub const UNKNOWN: &'static str = "_unknown";
+
+    pub fn served(name: &str) -> Self {
+        ModelLabel(name.to_string())
+    }
+
+    pub fn unknown() -> Self {
+        ModelLabel(Self::UNKNOWN.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn request(model: ModelLabel, protocol: &'static str, status: u16, total: Duration) {
+    counter!("siesta_requests_total", "model" => model.0.clone(), "protocol" => protocol, "status" => status.to_string())
         .increment(1);
-    histogram!("siesta_request_duration_seconds", "model" => model.to_string(), "protocol" => protocol)
+    histogram!("siesta_request_duration_seconds", "model" => model.0, "protocol" => protocol)
         .record(total.as_secs_f64());
 }
 

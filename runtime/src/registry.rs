@@ -35,6 +35,30 @@ pub struct RegistryOptions {
     pub storage: StorageOptions,
     /// A directory of model directories that `load` can find by name.
     pub repository: Option<PathBuf>,
+    /// Whether clients may load and unload models (the repository extension).
+    pub control: ModelControl,
+}
+
+/// Triton's `--model-control-mode`: `none` (the default) serves the models the server started
+/// with and refuses load/unload requests, so no client can take a replica's model away;
+/// `explicit` lets clients load and unload through the repository extension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModelControl {
+    #[default]
+    None,
+    Explicit,
+}
+
+impl std::str::FromStr for ModelControl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(ModelControl::None),
+            "explicit" => Ok(ModelControl::Explicit),
+            other => Err(format!("'{other}' is not one of none, explicit")),
+        }
+    }
 }
 
 enum SlotState {
@@ -122,6 +146,37 @@ impl ModelRegistry {
             .collect()
     }
 
+    /// The metric label for requests naming `name`: its own if this server has such a model.
+    pub fn metric_label(&self, name: &str) -> crate::metrics::ModelLabel {
+        if self.slots.lock().contains_key(name) {
+            crate::metrics::ModelLabel::served(name)
+        } else {
+            crate::metrics::ModelLabel::unknown()
+        }
+    }
+
+    /// The first model that failed while serving (its worker panicked), if any.
+    pub fn failed(&self) -> Option<String> {
+        self.slots
+            .lock()
+            .iter()
+            .find_map(|(name, s)| match &s.state {
+                SlotState::Ready(h) if h.status.state() == ModelState::Failed => Some(name.clone()),
+                _ => None,
+            })
+    }
+
+    /// Live unless a model failed while serving, or (with model control off, where nothing can
+    /// unload or reload a model) a model's load failed: either way only a new process helps.
+    pub fn live(&self) -> bool {
+        let control_off = self.opts.control == ModelControl::None;
+        self.slots.lock().values().all(|s| match &s.state {
+            SlotState::Ready(h) => h.status.state() != ModelState::Failed,
+            SlotState::Failed(_) => !control_off,
+            SlotState::Loading | SlotState::Unloaded => true,
+        })
+    }
+
     /// Ready means every model that is meant to be loaded is loaded and warmed up.
     pub fn all_ready(&self) -> bool {
         let slots = self.slots.lock();
@@ -132,6 +187,10 @@ impl ModelRegistry {
             && slots
                 .values()
                 .any(|s| matches!(s.state, SlotState::Ready(_)))
+            && slots.values().all(|s| match &s.state {
+                SlotState::Ready(h) => h.status.state() != ModelState::Failed,
+                _ => true,
+            })
     }
 
     pub fn index(&self) -> Vec<IndexEntry> {
@@ -223,6 +282,22 @@ impl ModelRegistry {
                 Err(e)
             }
         }
+    }
+
+    /// A client's load request (repository extension): refused unless model control is explicit.
+    pub async fn request_load(&self, name: &str) -> Result<()> {
+        if self.opts.control != ModelControl::Explicit {
+            return Err(ServeError::ModelControlOff("loading"));
+        }
+        self.load(name).await
+    }
+
+    /// A client's unload request (repository extension): refused unless model control is explicit.
+    pub fn request_unload(&self, name: &str) -> Result<()> {
+        if self.opts.control != ModelControl::Explicit {
+            return Err(ServeError::ModelControlOff("unloading"));
+        }
+        self.unload(name)
     }
 
     pub fn unload(&self, name: &str) -> Result<()> {
@@ -327,6 +402,7 @@ mod tests {
             engine: None,
             storage: StorageOptions::default(),
             repository,
+            control: ModelControl::Explicit,
         })
     }
 

@@ -44,10 +44,13 @@ pub enum RunError {
     Serve(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     Signal,
     Idle,
+    /// A model failed while serving (its worker panicked): the process should exit non-zero so
+    /// that whatever runs it starts a new one.
+    ModelFailed(String),
 }
 
 /// Runs the server; `on_listening` gets the bound addresses (ports may be 0 in the config).
@@ -127,12 +130,17 @@ pub async fn run(
         cfg.idle,
     ));
 
+    let failure = tokio::spawn(watch_for_failure(registry.clone(), lifecycle.clone()));
+
     lifecycle.drained().await;
-    let reason = if idle_exit.is_finished() && cfg.idle.exit_after.is_some() {
+    let reason = if let Some(model) = failure.is_finished().then(|| registry.failed()).flatten() {
+        StopReason::ModelFailed(model)
+    } else if idle_exit.is_finished() && cfg.idle.exit_after.is_some() {
         StopReason::Idle
     } else {
         StopReason::Signal
     };
+    failure.abort();
     let finish = async {
         let _ = http_server.await;
         if let Some(g) = grpc_server {
@@ -158,4 +166,17 @@ fn spawn_signal_handler(lifecycle: Arc<ServerLifecycle>) -> Result<(), RunError>
         .map_err(|e| RunError::Serve(format!("cannot listen for signals: {e}")))?;
     tokio::spawn(async move { lifecycle.begin_drain(signal.recv().await) });
     Ok(())
+}
+
+/// Drains the server once a model has failed while serving: its requests would only get errors.
+async fn watch_for_failure(registry: Arc<ModelRegistry>, lifecycle: Arc<ServerLifecycle>) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        if let Some(model) = registry.failed() {
+            tracing::error!(model = %model, "a model failed while serving; draining to exit");
+            lifecycle.begin_drain("model failed");
+            return;
+        }
+    }
 }

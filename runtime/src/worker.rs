@@ -51,6 +51,7 @@ pub fn spawn(mut model: Box<dyn Model>, status: Arc<ModelStatus>) -> mpsc::Sende
     std::thread::Builder::new()
         .name(format!("model-{name}"))
         .spawn(move || {
+            let _failed_on_panic = FailOnPanic(status.clone());
             let device = model.device_name();
             status.set_device_bytes(&device, model.device_memory_bytes());
             while let Some(msg) = rx.blocking_recv() {
@@ -71,6 +72,21 @@ pub fn spawn(mut model: Box<dyn Model>, status: Arc<ModelStatus>) -> mpsc::Sende
         })
         .expect("spawning a thread");
     tx
+}
+
+/// A panic in the model's code (an engine bug, a library assertion) ends the worker thread; the
+/// model is then marked failed, so readiness and liveness fail and the server exits to be
+/// replaced, instead of answering "worker stopped" forever. The batch's waiting requests get
+/// `WorkerGone` when their reply channels drop with the thread.
+struct FailOnPanic(Arc<ModelStatus>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(model = %self.0.name, "the model's worker panicked; the model is failed");
+            self.0.set_state(ModelState::Failed);
+        }
+    }
 }
 
 fn run_batch(model: &mut dyn Model, status: &ModelStatus, device: &str, mut jobs: Vec<Job>) {
@@ -202,6 +218,7 @@ mod tests {
             if x.iter().any(|v| *v < 0.0) {
                 return Err(ModelError::Inference("negative input".into()));
             }
+            assert!(x.iter().all(|v| v.is_finite()), "the engine chokes on NaN");
             self.forwards.lock().push(inputs[0].shape[0]);
             let y: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
             Ok(vec![Tensor::from_f32("y", inputs[0].shape.clone(), &y)])
@@ -293,6 +310,24 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_model_fails_it_and_answers_its_batch() {
+        let (worker, status, _) = start();
+        let (a, ra) = job(&[1.0, f32::NAN]);
+        let (b, rb) = job(&[3.0, 4.0]);
+        worker
+            .send(WorkerMsg::Batch(vec![a, b]))
+            .await
+            .ok()
+            .unwrap();
+        for r in [ra, rb] {
+            assert!(r.await.is_err(), "the reply channel closes with the thread");
+        }
+        assert_eq!(status.state(), ModelState::Failed);
+        let (c, _rc) = job(&[1.0, 2.0]);
+        assert!(worker.send(WorkerMsg::Batch(vec![c])).await.is_err());
     }
 
     #[tokio::test]

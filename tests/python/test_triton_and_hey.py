@@ -6,9 +6,11 @@ import io
 import subprocess
 
 import numpy as np
+import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
-from conftest import held_out_digits, mnist_body
+from conftest import Siesta, held_out_digits, mnist_body
+from tritonclient.utils import InferenceServerException
 
 
 def batch_of(n):
@@ -40,13 +42,23 @@ def test_tritonclient_http_binary_and_json(siesta):
 
 
 def test_tritonclient_http_repository(siesta):
+    # By default, as Triton's --model-control-mode none: the index answers, load/unload do not.
     client = th.InferenceServerClient(siesta.http)
     index = client.get_model_repository_index()
     assert {"name": "mnist", "version": "1", "state": "READY", "reason": ""} in index
-    client.unload_model("mnist")
-    assert not client.is_model_ready("mnist")
-    client.load_model("mnist")
+    with pytest.raises(InferenceServerException, match="model-control-mode"):
+        client.unload_model("mnist")
     assert client.is_model_ready("mnist")
+
+    explicit = Siesta("--model-control-mode", "explicit").wait_ready()
+    try:
+        client = th.InferenceServerClient(explicit.http)
+        client.unload_model("mnist")
+        assert not client.is_model_ready("mnist")
+        client.load_model("mnist")
+        assert client.is_model_ready("mnist")
+    finally:
+        explicit.stop()
 
 
 def test_tritonclient_grpc(siesta):

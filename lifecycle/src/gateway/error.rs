@@ -21,6 +21,14 @@ pub enum GatewayError {
     Timeout(u64),
     #[error("{0} does not serve gRPC")]
     NoGrpc(String),
+    #[error(
+        "{0} is replica control (model load/unload, shared memory, trace and log settings): the gateway forwards the inference protocol only; call the replica itself"
+    )]
+    Control(String),
+    #[error(
+        "{0} is not a route of the inference protocols (KServe V1, Open Inference Protocol V2)"
+    )]
+    NotInference(String),
 }
 
 /// gRPC status codes the gateway answers with.
@@ -30,13 +38,16 @@ pub enum GrpcCode {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     NotFound = 5,
+    PermissionDenied = 7,
+    Unimplemented = 12,
     Unavailable = 14,
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoRoute(_) => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute(_) | GatewayError::NotInference(_) => StatusCode::NOT_FOUND,
+            GatewayError::Control(_) => StatusCode::FORBIDDEN,
             GatewayError::Body(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream { .. } | GatewayError::NoGrpc(_) => StatusCode::BAD_GATEWAY,
@@ -47,6 +58,8 @@ impl GatewayError {
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
             GatewayError::NoRoute(_) => GrpcCode::NotFound,
+            GatewayError::Control(_) => GrpcCode::PermissionDenied,
+            GatewayError::NotInference(_) => GrpcCode::Unimplemented,
             GatewayError::Body(_) => GrpcCode::InvalidArgument,
             GatewayError::Unavailable(AcquireError::Timeout { .. }) | GatewayError::Timeout(_) => {
                 GrpcCode::DeadlineExceeded

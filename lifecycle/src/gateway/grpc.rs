@@ -17,6 +17,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
 use super::error::GatewayError;
+use super::forwarded;
 use super::pool::{DemandGuard, Lease, Pool};
 use super::{ATTEMPTS, Gateway, MAX_BODY};
 
@@ -47,11 +48,12 @@ pub fn model_name(body: &[u8]) -> Option<&str> {
             5 => msg = msg.get(4..)?,
             2 => {
                 let (len, n) = varint(msg)?;
-                let value = msg.get(n..n + len as usize)?;
+                let end = n.checked_add(usize::try_from(len).ok()?)?;
+                let value = msg.get(n..end)?;
                 if field == 1 {
                     return std::str::from_utf8(value).ok();
                 }
-                msg = &msg[n + len as usize..];
+                msg = &msg[end..];
             }
             _ => return None,
         }
@@ -112,6 +114,15 @@ async fn route_and_call(
     parts: axum::http::request::Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    match forwarded::grpc(parts.uri.path()) {
+        forwarded::Verdict::Forward => {}
+        forwarded::Verdict::Control => {
+            return Err(GatewayError::Control(parts.uri.path().to_string()));
+        }
+        forwarded::Verdict::Unknown => {
+            return Err(GatewayError::NotInference(parts.uri.path().to_string()));
+        }
+    }
     let body = http_body_util::Limited::new(body, MAX_BODY)
         .collect()
         .await

@@ -2,8 +2,10 @@
 //! `/v2/models/{name}/...`) or `Host` (`{name}.…`, `{name}-predictor.…`), counts demand per
 //! component, holds requests while a component has no ready replica, enforces
 //! `containerConcurrency`, and retries on another replica only requests that never reached one.
+//! It forwards the inference protocols only, never a replica's control endpoints (`forwarded`).
 
 mod error;
+pub(crate) mod forwarded;
 pub(crate) mod grpc;
 pub mod install;
 pub mod pool;
@@ -184,6 +186,16 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if grpc::is_grpc(&parts.headers) {
         return grpc::forward(&gw, parts, body).await;
+    }
+    match forwarded::rest(&parts.method, parts.uri.path()) {
+        forwarded::Verdict::Forward => {}
+        forwarded::Verdict::Control => {
+            return GatewayError::Control(parts.uri.path().to_string()).into_response();
+        }
+        forwarded::Verdict::Unknown => {
+            return GatewayError::NotInference(format!("{} {}", parts.method, parts.uri.path()))
+                .into_response();
+        }
     }
     let Some((pool, timeout)) = gw.route(&parts.uri, &parts.headers) else {
         return GatewayError::NoRoute(parts.uri.path().to_string()).into_response();

@@ -13,8 +13,16 @@ pub async fn root() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
 
-pub async fn live() -> Json<serde_json::Value> {
-    Json(json!({"live": true}))
+/// Live unless a model is gone for good (its worker panicked, or it failed to load with model
+/// control off): then a restart is the only cure, and liveness is what triggers one.
+pub async fn live(State(state): State<AppState>) -> Response {
+    let live = state.service.registry.live();
+    let status = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"live": live}))).into_response()
 }
 
 /// Ready only when every model is loaded and warmed up, and not while draining.

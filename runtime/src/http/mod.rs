@@ -148,7 +148,14 @@ fn timing_headers(resp: &mut Response, timing: &Timing, started: Instant) {
     }
 }
 
-/// Counts the request under its model, protocol and status.
-fn observe(model: &str, protocol: &'static str, resp: &Response, started: Instant) {
-    metrics::request(model, protocol, resp.status().as_u16(), started.elapsed());
+/// Counts the request under its model (if this server has it), protocol and status.
+fn observe(
+    state: &AppState,
+    model: &str,
+    protocol: &'static str,
+    resp: &Response,
+    started: Instant,
+) {
+    let label = state.service.registry.metric_label(model);
+    metrics::request(label, protocol, resp.status().as_u16(), started.elapsed());
 }

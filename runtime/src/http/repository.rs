@@ -16,7 +16,7 @@ pub async fn load(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
-    state.service.registry.load(&model).await?;
+    state.service.registry.request_load(&model).await?;
     Ok(Json(json!({"name": model, "load": true})))
 }
 
@@ -24,6 +24,6 @@ pub async fn unload(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
-    state.service.registry.unload(&model)?;
+    state.service.registry.request_unload(&model)?;
     Ok(Json(json!({"name": model, "unload": true})))
 }

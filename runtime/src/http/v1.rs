@@ -43,7 +43,7 @@ pub async fn predict(
         }
         _ => ServeError::NoRoute(format!("/v1/models/{target}")).into_response(),
     };
-    observe(name, "v1", &resp, started);
+    observe(&state, name, "v1", &resp, started);
     resp
 }
 

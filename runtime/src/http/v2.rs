@@ -163,7 +163,7 @@ async fn infer_observed(
         .instrument(span)
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    observe(&model, "v2", &resp, started);
+    observe(&s, &model, "v2", &resp, started);
     resp
 }
 

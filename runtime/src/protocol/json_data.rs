@@ -179,12 +179,13 @@ pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Resul
     Ok(out)
 }
 
+/// The first 40 characters of a value for an error message (characters, not bytes: a client's
+/// string may hold any UTF-8).
 fn truncate(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}...", &s[..40])
-    } else {
-        s
+    match s.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s,
     }
 }
 

@@ -177,7 +177,7 @@ async fn predict(State(t): State<Shared>, Path(target): Path<String>, req: Reque
         }
     };
     crate::metrics::request(
-        &t.cfg.model_name,
+        crate::metrics::ModelLabel::served(&t.cfg.model_name),
         "v1-transformer",
         resp.status().as_u16(),
         started.elapsed(),
