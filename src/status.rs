@@ -47,6 +47,14 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         if let Some(why) = &c.pending {
             replicas.push(format!("(pending: {why})"));
         }
+        if let Some(l) = &c.crash_loop {
+            replicas.push(format!(
+                "(crash loop: {} failures, next start in {} s; last: {})",
+                l.failures,
+                l.retry_in_ms.div_ceil(1000),
+                l.last_error
+            ));
+        }
         let a = &c.autoscaler;
         println!(
             "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",

@@ -746,3 +746,71 @@ spec:
     assert!(why.contains("no GPU has 16384 MiB free"), "{why}");
     up.stop();
 }
+
+#[tokio::test]
+async fn a_component_that_cannot_start_backs_off_and_its_held_requests_learn_why() {
+    let up = Up::start(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: broken}
+spec:
+  predictor:
+    minReplicas: 0
+    model: {modelFormat: {name: siesta}, storageUri: 'file:///nonexistent/model'}
+",
+    );
+    // A held request is answered as soon as the component is known to be crash-looping, with
+    // the replica's own error, not after the 300 s timeout.
+    let asked = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/broken/infer", up.gateway))
+        .body(common::mnist_v2_body(&[vec![0.0; 784]]).to_string())
+        .send()
+        .await
+        .unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("keep failing"), "{error}");
+    assert!(
+        error.contains("nonexistent"),
+        "the replica's own error: {error}"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "answered after {waited:?}"
+    );
+
+    // The status says so; restarts are spaced (10 s after the second failure), not ~5 a second.
+    let s = up
+        .wait_for("crash loop in the status", Duration::from_secs(10), |s| {
+            !s["crash_loop"].is_null()
+        })
+        .await;
+    let failures = s["crash_loop"]["failures"].as_u64().unwrap();
+    assert!(
+        s["crash_loop"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("nonexistent"),
+        "{s}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = up.status().await;
+    assert_eq!(
+        later["crash_loop"]["failures"].as_u64(),
+        Some(failures),
+        "{later}"
+    );
+    // One log file per replica slot, each attempt appended to it.
+    let logs: Vec<_> = std::fs::read_dir(up._dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(logs, ["broken-predictor-1.log"], "{logs:?}");
+    let log = std::fs::read_to_string(up._dir.path().join("logs/broken-predictor-1.log")).unwrap();
+    assert!(log.matches("--- siesta: replica").count() >= 2, "{log}");
+    up.stop();
+}

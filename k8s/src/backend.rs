@@ -472,6 +472,8 @@ async fn scale_loop(l: ScaleLoop) {
                 starting: p.starting,
                 ready: p.ready,
                 pending: p.pending.clone(),
+                // Kubelet backs crash-looping pods off itself; not read from pod status yet.
+                crash_loop: None,
             };
             if applied != Some(p.replicas) {
                 let patch = serde_json::json!({"spec": {"replicas": p.replicas}});

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::crash_loop::CrashLoop;
 use crate::backend::gpu::{GpuInfo, GpuInventory};
 use crate::backend::{Endpoint, ReplicaBackend};
 use crate::gateway::pool::{Observed, Pool};
@@ -41,6 +42,9 @@ pub struct ComponentStatus {
     pub endpoints: Vec<EndpointStatus>,
     /// Why a wanted replica is not starting.
     pub pending: Option<String>,
+    /// Replicas keep failing: how often, the last error, when the next start is allowed.
+    #[serde(default)]
+    pub crash_loop: Option<CrashLoop>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl ComponentStatus {
             container_concurrency: view.container_concurrency,
             endpoints,
             pending: st.pending,
+            crash_loop: st.crash_loop,
         }
     }
 }

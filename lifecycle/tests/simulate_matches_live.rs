@@ -189,7 +189,13 @@ async fn a_trace_gets_the_same_scale_requests_from_the_simulator_and_the_live_au
         service: "m".into(),
         kind: isvc.predictor.kind,
     };
-    let pool = Pool::new(key.clone(), 0, 10_000, backend.endpoints(&key).unwrap());
+    let pool = Pool::new(
+        key.clone(),
+        0,
+        10_000,
+        backend.endpoints(&key).unwrap(),
+        backend.crash_loop(&key).unwrap(),
+    );
     let autoscaler = tokio::spawn(
         LiveAutoscaler {
             pool: pool.clone(),

@@ -148,7 +148,7 @@ mod tests {
             service: "m".into(),
             kind: isvc.predictor.kind,
         };
-        let pool = Pool::new(key, 0, 100, rx);
+        let pool = Pool::new(key, 0, 100, rx, tokio::sync::watch::channel(None).1);
         let backend = Arc::new(Recorder::default());
         let task = tokio::spawn(
             LiveAutoscaler {

@@ -1,11 +1,14 @@
 //! One host, nvidia-docker style: each replica is a `siesta serve` child process on a free
 //! loopback port. A supervisor per component converges on the wanted count: starts replicas,
 //! publishes them once `/v2/health/ready` answers, stops extra ones with SIGTERM (they drain), and
-//! replaces replicas that crashed. Replica logs go to `LOG_DIR/<component>-<n>.log`.
+//! replaces replicas that crashed, spacing the restarts of a crash-looping component as kubelet
+//! does (`crash_loop`). Replica logs go to `LOG_DIR/<component>-<slot>.log`: one file per
+//! replica slot, each start appended, so a crash loop does not make a file per attempt.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +20,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::crash_loop::{Backoff, CrashLoop};
 use super::gpu::{GpuInventory, place};
 use super::{
     BackendError, BackendStatus, ComponentKey, Endpoint, Listening, ReplicaBackend, ReplicaTemplate,
@@ -49,6 +54,8 @@ struct Component {
     endpoints: watch::Sender<Vec<Endpoint>>,
     replicas: Mutex<Vec<Replica>>,
     pending: Mutex<Option<String>>,
+    backoff: Mutex<Backoff>,
+    crash_loop: watch::Sender<Option<CrashLoop>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +67,9 @@ enum Phase {
 
 struct Replica {
     id: String,
+    /// Its log file's number: the lowest free among the component's live replicas.
+    slot: usize,
+    log: PathBuf,
     child: Child,
     phase: Phase,
     gpu: Option<u32>,
@@ -122,6 +132,8 @@ impl ReplicaBackend for LocalBackend {
             endpoints: watch::channel(Vec::new()).0,
             replicas: Mutex::new(Vec::new()),
             pending: Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
+            crash_loop: watch::channel(None).0,
         });
         self.inner
             .components
@@ -161,7 +173,15 @@ impl ReplicaBackend for LocalBackend {
                 .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
             pending: c.pending.lock().clone(),
+            crash_loop: c.backoff.lock().crash_loop(Instant::now()),
         })
+    }
+
+    fn crash_loop(
+        &self,
+        key: &ComponentKey,
+    ) -> Result<watch::Receiver<Option<CrashLoop>>, BackendError> {
+        Ok(self.component(key)?.crash_loop.subscribe())
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {
@@ -214,6 +234,14 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
     let mut stopping = inner.stopping.subscribe();
     loop {
         reap(&c);
+        let now = Instant::now();
+        let any_ready = c
+            .replicas
+            .lock()
+            .iter()
+            .any(|r| matches!(r.phase, Phase::Ready(..)));
+        c.backoff.lock().observe(now, any_ready);
+        publish_crash_loop(&c, now);
         let want = *desired.borrow_and_update() as usize;
         let live: Vec<usize> = {
             let replicas = c.replicas.lock();
@@ -221,7 +249,10 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
                 .filter(|&i| replicas[i].phase != Phase::Stopping)
                 .collect()
         };
-        if live.len() < want {
+        let backing_off = c.backoff.lock().next_start(now);
+        if live.len() < want && backing_off.is_some() {
+            *c.pending.lock() = None;
+        } else if live.len() < want {
             for _ in live.len()..want {
                 match start_replica(&inner, &c) {
                     Ok(()) => *c.pending.lock() = None,
@@ -256,21 +287,92 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
     }
 }
 
-/// Forgets replicas whose process exited; a replica that was not being stopped crashed (or
-/// exited on idle) and the next round replaces it if it is still wanted.
+/// Forgets replicas whose process exited. One that was not being stopped either exited on idle
+/// (success, after it was ready) or failed: a failure feeds the crash-loop backoff with the
+/// replica's last words. The next round replaces it if it is still wanted.
 fn reap(c: &Component) {
-    let mut replicas = c.replicas.lock();
-    replicas.retain_mut(|r| match r.child.try_wait() {
+    let mut failures = Vec::new();
+    c.replicas.lock().retain_mut(|r| match r.child.try_wait() {
         Ok(Some(status)) => {
             if r.phase == Phase::Stopping {
                 tracing::info!(component = %c.key, replica = %r.id, %status, "replica stopped");
+            } else if status.success() && r.phase != Phase::Starting {
+                tracing::info!(component = %c.key, replica = %r.id, "replica exited on idle");
             } else {
-                tracing::warn!(component = %c.key, replica = %r.id, %status, "replica exited unexpectedly");
+                let error = match last_log_line(&r.log) {
+                    Some(line) => format!("replica {} {status}: {line}", r.id),
+                    None => format!("replica {} {status}", r.id),
+                };
+                tracing::warn!(component = %c.key, replica = %r.id, %error, "replica failed");
+                failures.push(error);
             }
             false
         }
         _ => true,
     });
+    let now = Instant::now();
+    for error in failures {
+        c.backoff.lock().failed(now, error);
+    }
+}
+
+/// Tells held requests (through the pool) when the component enters or leaves a crash loop.
+fn publish_crash_loop(c: &Component, now: Instant) {
+    let current = c.backoff.lock().crash_loop(now);
+    c.crash_loop.send_if_modified(|old| {
+        let same = match (old.as_ref(), current.as_ref()) {
+            (Some(a), Some(b)) => (a.failures, &a.last_error) == (b.failures, &b.last_error),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        if !same {
+            *old = current.clone();
+        }
+        !same
+    });
+}
+
+/// What a failed replica last said, from the last 16 KiB of its log without terminal colours:
+/// the process's final `Error: ...` line (a backtrace may follow it), else its last ERROR log
+/// line, else its last line.
+fn last_log_line(path: &Path) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(16 << 10))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    // Only this attempt's lines: the slot's file holds the earlier ones too.
+    let attempt = text.rsplit("--- siesta: replica").next().unwrap_or(&text);
+    let lines: Vec<String> = attempt.lines().map(strip_ansi).collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("Error: "))
+        .or_else(|| lines.iter().rev().find(|l| l.contains(" ERROR ")))
+        .or_else(|| lines.iter().rev().find(|l| !l.trim().is_empty()))?;
+    let line = line.trim();
+    Some(match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    })
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// Stops `n` replicas: starting ones first (they serve nobody yet), then the newest ready ones.
@@ -326,9 +428,20 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
     let gpu = choose_gpu(inner, c)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
+    let slot = {
+        let replicas = c.replicas.lock();
+        (1..)
+            .find(|s| replicas.iter().all(|r| r.slot != *s))
+            .expect("a free slot")
+    };
     std::fs::create_dir_all(&inner.log_dir).map_err(StartError::Io)?;
-    let log =
-        std::fs::File::create(inner.log_dir.join(format!("{id}.log"))).map_err(StartError::Io)?;
+    let log_path = inner.log_dir.join(format!("{}-{slot}.log", c.key));
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(StartError::Io)?;
+    writeln!(log, "--- siesta: replica {id} starting").map_err(StartError::Io)?;
     let mut cmd = Command::new(&inner.siesta_bin);
     if let Some((g, _)) = gpu {
         // The replica sees only its GPU, as cuda:0 (`--device auto` picks it).
@@ -348,6 +461,8 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
     let stdout = child.stdout.take().expect("piped stdout");
     c.replicas.lock().push(Replica {
         id: id.clone(),
+        slot,
+        log: log_path,
         child,
         phase: Phase::Starting,
         gpu: gpu.map(|(g, _)| g),
@@ -379,6 +494,13 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
                     r.phase = Phase::Stopping;
                     let _ = r.child.start_kill();
                 }
+                c.backoff.lock().failed(
+                    Instant::now(),
+                    format!(
+                        "replica {id} was not ready within the startup deadline of {} s",
+                        STARTUP_DEADLINE.as_secs()
+                    ),
+                );
             }
         }
     });
@@ -425,4 +547,37 @@ async fn probe_ready(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)).await,
         Ok(Ok(_)) if &buf[9..12] == b"200"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_replica_is_summed_up_by_its_final_error_of_its_last_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c-1.log");
+        std::fs::write(
+            &log,
+            "--- siesta: replica c-1 starting\nError: old attempt\n\
+             --- siesta: replica c-2 starting\n\
+             \x1b[2m2026-12-03T13:17:53Z\x1b[0m \x1b[31mERROR\x1b[0m model load failed\n\
+             Error: model 'm' failed to load: no such path /x\n\nStack backtrace:\n   0: _start\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_log_line(&log).as_deref(),
+            Some("Error: model 'm' failed to load: no such path /x")
+        );
+        std::fs::write(
+            &log,
+            "--- siesta: replica c-3 starting\n\x1b[31mERROR\x1b[0m x\n\x1b[2mt\x1b[0m \x1b[31mERROR\x1b[0m worker panicked\n  INFO bye\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_log_line(&log).as_deref(),
+            Some("t ERROR worker panicked")
+        );
+        assert_eq!(last_log_line(&dir.path().join("none.log")), None);
+    }
 }

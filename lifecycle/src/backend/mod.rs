@@ -2,6 +2,7 @@
 //! replica count, watch the ready endpoints. One host: [`local::LocalBackend`] (child processes);
 //! a cluster: Deployments (the Kubernetes issue).
 
+pub mod crash_loop;
 pub mod gpu;
 pub(crate) mod listening;
 pub(crate) mod local;
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 
 use crate::manifest::ComponentKind;
+use crash_loop::CrashLoop;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ComponentKey {
@@ -57,6 +59,8 @@ pub struct BackendStatus {
     pub ready: u32,
     /// Why a wanted replica is not starting (e.g. no GPU has room for the model).
     pub pending: Option<String>,
+    /// Replicas keep failing: how often, the last error, when the next start is allowed.
+    pub crash_loop: Option<CrashLoop>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,15 @@ pub trait ReplicaBackend: Send + Sync + 'static {
     fn endpoints(&self, key: &ComponentKey)
     -> Result<watch::Receiver<Vec<Endpoint>>, BackendError>;
     fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError>;
+    /// Whether the component is in a crash loop; held requests are answered with it rather than
+    /// held to their deadline. A backend that cannot tell never reports one.
+    fn crash_loop(
+        &self,
+        key: &ComponentKey,
+    ) -> Result<watch::Receiver<Option<CrashLoop>>, BackendError> {
+        self.status(key)?;
+        Ok(watch::channel(None).1)
+    }
     /// Stops every replica (SIGTERM and drain) and waits for them.
     fn shutdown(&self) -> futures::future::BoxFuture<'static, ()>;
 }

@@ -66,11 +66,15 @@ pub fn install_service<E>(
         let endpoints = backend
             .endpoints(key)
             .expect("the component was registered above");
+        let crash_loop = backend
+            .crash_loop(key)
+            .expect("the component was registered above");
         let pool = Pool::new(
             key.clone(),
             c.container_concurrency,
             settings.hold_limit,
             endpoints,
+            crash_loop,
         );
         autoscalers.push(tokio::spawn(
             LiveAutoscaler {

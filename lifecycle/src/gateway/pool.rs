@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::stats::{DemandReport, DemandStats};
+use crate::backend::crash_loop::CrashLoop;
 use crate::backend::{ComponentKey, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +25,15 @@ pub enum AcquireError {
     },
     #[error("{component}: no replica became available within {waited_ms} ms")]
     Timeout { component: String, waited_ms: u64 },
+    #[error(
+        "{component}: replicas keep failing ({failures} in a row; next start in {retry_in_ms} ms): {last_error}"
+    )]
+    CrashLoop {
+        component: String,
+        failures: u32,
+        retry_in_ms: u64,
+        last_error: String,
+    },
 }
 
 struct Tracker {
@@ -46,6 +56,7 @@ pub struct Pool {
     container_concurrency: u32,
     hold_limit: usize,
     endpoints: watch::Receiver<Vec<Endpoint>>,
+    crash_loop: watch::Receiver<Option<CrashLoop>>,
     state: Mutex<State>,
     freed: Notify,
     /// Wakes the autoscaler when a request arrives and no replica is ready.
@@ -112,6 +123,7 @@ impl Pool {
         container_concurrency: u32,
         hold_limit: usize,
         endpoints: watch::Receiver<Vec<Endpoint>>,
+        crash_loop: watch::Receiver<Option<CrashLoop>>,
     ) -> Arc<Self> {
         let seed = key
             .to_string()
@@ -125,6 +137,7 @@ impl Pool {
             container_concurrency,
             hold_limit,
             endpoints,
+            crash_loop,
             state: Mutex::new(State {
                 trackers: Vec::new(),
                 waiting: 0,
@@ -179,6 +192,7 @@ impl Pool {
         exclude: &[String],
     ) -> Result<Lease, AcquireError> {
         let mut endpoints = self.endpoints.clone();
+        let mut crash_loop = self.crash_loop.clone();
         let started = Instant::now();
         let mut waiting: Option<WaitingGuard<'_>> = None;
         loop {
@@ -202,6 +216,15 @@ impl Pool {
                     });
                 }
                 if st.trackers.is_empty() {
+                    // No replica, and none is coming soon: say why now instead of at the deadline.
+                    if let Some(c) = crash_loop.borrow_and_update().as_ref() {
+                        return Err(AcquireError::CrashLoop {
+                            component: self.name.clone(),
+                            failures: c.failures,
+                            retry_in_ms: c.retry_in_ms,
+                            last_error: c.last_error.clone(),
+                        });
+                    }
                     self.demand.notify_one();
                 }
                 if waiting.is_none() {
@@ -229,6 +252,12 @@ impl Pool {
                         tokio::time::sleep_until(deadline).await;
                     }
                 }
+                _ = async {
+                    // A backend that reports no crash loops closes the channel: never wake on it.
+                    if crash_loop.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(AcquireError::Timeout {
                         component: self.name.clone(),
@@ -313,6 +342,10 @@ mod tests {
         }
     }
 
+    fn no_crash_loop() -> watch::Receiver<Option<CrashLoop>> {
+        watch::channel(None).1
+    }
+
     fn ep(n: u16) -> Endpoint {
         Endpoint {
             replica: format!("r{n}"),
@@ -326,7 +359,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn containerconcurrency_is_a_hard_limit_and_excess_waits() {
         let (tx, rx) = watch::channel(vec![ep(1)]);
-        let pool = Pool::new(key(), 2, 100, rx);
+        let pool = Pool::new(key(), 2, 100, rx, no_crash_loop());
         let far = Instant::now() + Duration::from_secs(60);
         let a = pool.acquire(far, &[]).await.unwrap();
         let _b = pool.acquire(far, &[]).await.unwrap();
@@ -346,7 +379,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_are_held_until_the_first_replica_and_bounded() {
         let (tx, rx) = watch::channel(Vec::new());
-        let pool = Pool::new(key(), 0, 2, rx);
+        let pool = Pool::new(key(), 0, 2, rx, no_crash_loop());
         let far = Instant::now() + Duration::from_secs(60);
         let (p1, p2) = (pool.clone(), pool.clone());
         let h1 = tokio::spawn(async move { p1.acquire(far, &[]).await.map(|l| l.replica.clone()) });
@@ -367,7 +400,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiting_past_the_deadline_fails() {
         let (_tx, rx) = watch::channel(Vec::new());
-        let pool = Pool::new(key(), 0, 10, rx);
+        let pool = Pool::new(key(), 0, 10, rx, no_crash_loop());
         let err = pool
             .acquire(Instant::now() + Duration::from_secs(5), &[])
             .await
@@ -391,13 +424,13 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         // CC <= 3: first replica with a free slot.
         let (_t, rx) = watch::channel(vec![ep(1), ep(2)]);
-        let pool = Pool::new(key(), 1, 10, rx);
+        let pool = Pool::new(key(), 1, 10, rx, no_crash_loop());
         let a = pool.acquire(far, &[]).await.unwrap();
         let b = pool.acquire(far, &[]).await.unwrap();
         assert_eq!((a.replica.as_str(), b.replica.as_str()), ("r1", "r2"));
         // CC > 3: round robin.
         let (_t, rx) = watch::channel(vec![ep(1), ep(2), ep(3)]);
-        let pool = Pool::new(key(), 10, 10, rx);
+        let pool = Pool::new(key(), 10, 10, rx, no_crash_loop());
         let mut order = Vec::new();
         for _ in 0..6 {
             order.push(pool.acquire(far, &[]).await.unwrap().replica.clone());
@@ -405,7 +438,7 @@ mod tests {
         assert_eq!(order, ["r1", "r2", "r3", "r1", "r2", "r3"]);
         // CC = 0: power of two choices spreads held load.
         let (_t, rx) = watch::channel(vec![ep(1), ep(2)]);
-        let pool = Pool::new(key(), 0, 10, rx);
+        let pool = Pool::new(key(), 0, 10, rx, no_crash_loop());
         let leases: Vec<Lease> = futures::future::join_all((0..10).map(|_| pool.acquire(far, &[])))
             .await
             .into_iter()

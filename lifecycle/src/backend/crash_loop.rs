@@ -1,0 +1,171 @@
+//! Restarts of a component whose replicas keep failing, as kubelet's CrashLoopBackOff spaces
+//! them: the first failure is replaced at once (a replica killed under load must come back
+//! now), each further one waits 10 s, doubling up to 5 min, and the count starts over once a
+//! replica has stayed ready for 10 minutes. A failure is a replica that exited unexpectedly
+//! with an error (not a drain, not an idle exit) or missed its startup deadline.
+//!
+//! Time is passed in, so the policy is tested without waiting.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub const FIRST_DELAY: Duration = Duration::from_secs(10);
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+pub const HEALTHY_RESET: Duration = Duration::from_secs(600);
+
+/// A component in a crash loop, as the status shows it and held requests are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashLoop {
+    /// Consecutive failed replicas.
+    pub failures: u32,
+    /// What the last failed replica said (its exit status and last log line).
+    pub last_error: String,
+    /// Until the next start is allowed, milliseconds.
+    pub retry_in_ms: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+    last_error: Option<String>,
+    not_before: Option<Instant>,
+    /// A replica became ready after the last failure: the component is serving again.
+    recovered: bool,
+    healthy_since: Option<Instant>,
+}
+
+impl Backoff {
+    /// A replica failed; `error` says how.
+    pub fn failed(&mut self, now: Instant, error: String) {
+        self.failures = self.failures.saturating_add(1);
+        self.last_error = Some(error);
+        self.recovered = false;
+        self.healthy_since = None;
+        self.not_before = Some(now + delay(self.failures));
+    }
+
+    /// Whether a new replica may be started now.
+    pub fn may_start(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// When the next start is allowed, if it is not allowed now.
+    pub fn next_start(&self, now: Instant) -> Option<Instant> {
+        self.not_before.filter(|t| *t > now)
+    }
+
+    /// Whether any replica is ready now; after 10 minutes of readiness the count starts over.
+    pub fn observe(&mut self, now: Instant, any_ready: bool) {
+        if !any_ready {
+            self.healthy_since = None;
+            return;
+        }
+        self.recovered = true;
+        let since = *self.healthy_since.get_or_insert(now);
+        if self.failures > 0 && now.duration_since(since) >= HEALTHY_RESET {
+            *self = Backoff::default();
+        }
+    }
+
+    /// The crash loop, while the component is in one: replicas failed more than once and none
+    /// has become ready since. Held requests are then answered with it instead of waiting.
+    pub fn crash_loop(&self, now: Instant) -> Option<CrashLoop> {
+        if self.failures < 2 || self.recovered {
+            return None;
+        }
+        Some(CrashLoop {
+            failures: self.failures,
+            last_error: self.last_error.clone().unwrap_or_default(),
+            retry_in_ms: self
+                .not_before
+                .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64),
+        })
+    }
+}
+
+/// The wait before the start that follows failure number `failures` (1-based).
+pub fn delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => FIRST_DELAY
+            .saturating_mul(1u32.checked_shl(n - 2).unwrap_or(u32::MAX))
+            .min(MAX_DELAY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn delays_follow_kubelet_after_one_immediate_replacement() {
+        let d: Vec<u64> = (1..=9).map(|n| delay(n).as_secs()).collect();
+        assert_eq!(d, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(delay(u32::MAX), MAX_DELAY);
+    }
+
+    #[test]
+    fn a_failing_component_waits_between_starts_and_says_why() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert!(b.may_start(t0));
+        b.failed(t0, "exit status: 1: model load failed".into());
+        assert!(b.may_start(t0), "one failure is replaced at once");
+        assert_eq!(b.crash_loop(t0), None, "one failure is not a loop");
+
+        b.failed(t0 + S, "exit status: 1: model load failed".into());
+        assert!(!b.may_start(t0 + 5 * S));
+        assert_eq!(b.next_start(t0 + 5 * S), Some(t0 + 11 * S));
+        assert!(b.may_start(t0 + 11 * S));
+        let c = b.crash_loop(t0 + 5 * S).unwrap();
+        assert_eq!(
+            (c.failures, c.retry_in_ms, c.last_error.as_str()),
+            (2, 6_000, "exit status: 1: model load failed")
+        );
+
+        b.failed(t0 + 12 * S, "again".into());
+        assert_eq!(b.next_start(t0 + 12 * S), Some(t0 + 32 * S));
+    }
+
+    #[test]
+    fn readiness_ends_the_loop_and_ten_healthy_minutes_reset_the_delay() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        b.failed(t0, "a".into());
+        b.failed(t0, "b".into());
+        assert!(b.crash_loop(t0).is_some());
+        b.observe(t0 + 10 * S, true);
+        assert_eq!(b.crash_loop(t0 + 10 * S), None, "serving again");
+
+        // A crash after 5 healthy minutes continues the count: the next start waits 20 s.
+        b.observe(t0 + 310 * S, true);
+        b.failed(t0 + 310 * S, "c".into());
+        assert_eq!(b.next_start(t0 + 310 * S), Some(t0 + 330 * S));
+
+        // Ready for 10 minutes: the next failure is replaced at once again.
+        b.observe(t0 + 400 * S, true);
+        b.observe(t0 + 1000 * S, true);
+        b.failed(t0 + 1000 * S, "d".into());
+        assert!(b.may_start(t0 + 1000 * S));
+    }
+
+    #[test]
+    fn readiness_lost_restarts_the_healthy_clock() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        b.failed(t0, "a".into());
+        b.observe(t0, true);
+        b.observe(t0 + 500 * S, false);
+        b.observe(t0 + 501 * S, true);
+        b.observe(t0 + 700 * S, true);
+        b.failed(t0 + 700 * S, "b".into());
+        assert!(
+            !b.may_start(t0 + 700 * S),
+            "199 s healthy is not 10 minutes"
+        );
+    }
+}
