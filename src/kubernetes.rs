@@ -57,6 +57,8 @@ pub struct GatewayArgs {
     startup_deadline_secs: u64,
     #[command(flatten)]
     scaling: crate::ScalingArgs,
+    #[command(flatten)]
+    connections: crate::ConnectionArgs,
 }
 
 #[derive(Parser)]
@@ -133,6 +135,7 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<()> {
         defaults,
         metrics: Arc::new(move || handle.render()),
         clock: Arc::new(siesta_k8s::backend::now),
+        connections: a.connections.limits(),
     };
     siesta_k8s::gateway::run(
         client,

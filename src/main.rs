@@ -129,6 +129,28 @@ impl ScalingArgs {
     }
 }
 
+/// What a client connection may take: the same flags on every server (replica, transformer,
+/// gateways).
+#[derive(Parser, Clone, Copy)]
+struct ConnectionArgs {
+    /// How long a client may take to send a request's head; then its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_flag_duration)]
+    header_read_timeout: Duration,
+    /// Concurrent streams one HTTP/2 (and gRPC) connection may open.
+    #[arg(long, default_value_t = 256)]
+    http2_max_streams: u32,
+}
+
+impl ConnectionArgs {
+    fn limits(self) -> siesta_http_server::ConnectionLimits {
+        siesta_http_server::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            http2_max_concurrent_streams: self.http2_max_streams,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Parser)]
 struct UpArgs {
     /// InferenceService manifests (YAML, several documents per file allowed).
@@ -142,6 +164,8 @@ struct UpArgs {
     port: u16,
     #[command(flatten)]
     scaling: ScalingArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     /// Record every answered request to this file (JSON lines for `siesta scale simulate`).
     #[arg(long)]
     record_trace: Option<PathBuf>,
@@ -248,6 +272,8 @@ struct ServeArgs {
     /// How long a client may take to send its request body.
     #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     body_timeout: Duration,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     /// How long a request may wait for its result.
     #[arg(long, default_value = "60s", value_parser = parse_flag_duration)]
     request_timeout: Duration,
@@ -347,6 +373,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
         grpc_addr: (!a.no_grpc).then_some(SocketAddr::new(a.host, a.grpc_port)),
         max_body_bytes: a.max_body_bytes,
         body_timeout: a.body_timeout,
+        connections: a.connections.limits(),
         request_timeout: a.request_timeout,
         drain_timeout: a.drain_timeout,
         idle: IdlePolicy {
@@ -368,6 +395,7 @@ fn transformer_config(a: ServeArgs) -> TransformerConfig {
         http_addr: SocketAddr::new(a.host, a.http_port),
         max_body_bytes: a.max_body_bytes,
         body_timeout: a.body_timeout,
+        connections: a.connections.limits(),
         request_timeout: a.request_timeout,
         drain_timeout: a.drain_timeout,
         top_k: a.top_k,

@@ -56,6 +56,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         record_trace: a.record_trace,
         gpus,
         gpu_memory,
+        connections: a.connections.limits(),
         metrics: {
             let handle = siesta_runtime::metrics::install();
             Arc::new(move || handle.render())

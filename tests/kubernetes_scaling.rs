@@ -266,6 +266,7 @@ impl Cluster {
             },
             metrics: Arc::new(String::new),
             clock: Arc::new(siesta_k8s::backend::now),
+            connections: Default::default(),
         };
         let gateway = tokio::spawn({
             let client = api.client();

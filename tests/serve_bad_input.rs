@@ -55,6 +55,22 @@ fn raw_exchange(
     );
 }
 
+/// Sends half a request head and waits for the server to close the connection; how long it took.
+pub fn half_a_header_is_cut_off(addr: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-le")
+        .unwrap();
+    let mut buf = Vec::new();
+    // EOF, or a 408 then EOF; a read timeout (the connection held open) fails the test.
+    s.read_to_end(&mut buf)
+        .expect("the server closes a connection whose head never completes");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || head.starts_with("HTTP/1.1 408"), "{head}");
+    started.elapsed()
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -411,7 +427,14 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn every_bad_request_gets_its_status_and_a_json_error_and_the_server_keeps_serving() {
-    let server = Server::start(&["--max-body-bytes", "1048576", "--body-timeout", "500ms"]);
+    let server = Server::start(&[
+        "--max-body-bytes",
+        "1048576",
+        "--body-timeout",
+        "500ms",
+        "--header-read-timeout",
+        "1s",
+    ]);
     server.wait_ready().await;
     let client = reqwest::Client::new();
     let cases = cases();
@@ -510,6 +533,15 @@ async fn every_bad_request_gets_its_status_and_a_json_error_and_the_server_keeps
         status, 413,
         "an undeclared (chunked) oversize body is cut off at the limit"
     );
+
+    // Half a request head, then nothing: the connection is closed at the header read timeout.
+    let cut = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || half_a_header_is_cut_off(&addr)
+    })
+    .await
+    .unwrap();
+    assert!(cut < Duration::from_secs(5), "closed after {cut:?}");
 
     // Still serving, correctly.
     let r = server.infer_zeros().await;

@@ -548,7 +548,7 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
 #[tokio::test]
 async fn grpc_through_the_gateway_scales_from_zero_and_errors_are_grpc_statuses() {
     use siesta_runtime::grpc::pb;
-    let up = Up::start(
+    let up = Up::start_with(
         "
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
@@ -558,11 +558,27 @@ spec:
     minReplicas: 0
     model: {modelFormat: {name: siesta}, storageUri: 'siesta://mnist'}
 ",
+        &["--header-read-timeout", "1s"],
     );
     up.wait_for("initial replica", Duration::from_secs(20), |s| {
         s["ready"] == 1
     })
     .await;
+    // The gateway, like a replica, closes a connection whose request head never completes.
+    let mut slow = tokio::net::TcpStream::connect(up.gateway.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /v2/health/ready HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut rest),
+    )
+    .await
+    .expect("the gateway closes a connection whose head never completes")
+    .unwrap();
     up.wait_for("scale to zero", Duration::from_secs(30), |s| {
         s["ready"] == 0 && s["starting"] == 0
     })

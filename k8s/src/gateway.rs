@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub defaults: ClusterDefaults,
     pub metrics: MetricsRender,
     pub clock: Clock,
+    /// Header read timeout and HTTP/2 limits of the gateway's port.
+    pub connections: siesta_http_server::ConnectionLimits,
 }
 
 /// One InferenceService being served.
@@ -206,12 +208,7 @@ pub async fn run(
         None,
     )
     .router();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "gateway stopped");
-    }
+    siesta_http_server::serve(listener, app, cfg.connections, shutdown).await;
     follower.abort();
     let ids: Vec<(String, String)> = services.installed.lock().keys().cloned().collect();
     for id in ids {

@@ -37,6 +37,8 @@ pub struct UpConfig {
     /// NVML, or a simulated inventory; `None`: replicas run on CPU.
     pub gpus: Option<Arc<dyn GpuInventory>>,
     pub gpu_memory: GpuMemoryEstimate,
+    /// Header read timeout and HTTP/2 limits of the gateway's port.
+    pub connections: siesta_http_server::ConnectionLimits,
 }
 
 /// One model replica's GPU memory, from its `storageUri`; `None` when replicas run on CPU.
@@ -162,7 +164,7 @@ pub async fn run(
     };
     let app = Gateway::new(routes, cfg.metrics.clone(), status, recorder).router();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = siesta_http_server::serve(listener, app, cfg.connections, async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
     });
@@ -173,9 +175,7 @@ pub async fn run(
         tokio::time::sleep(GATEWAY_DRAIN).await;
     };
     tokio::select! {
-        served = server.into_future() => if let Err(e) = served {
-            tracing::error!(error = %e, "gateway stopped");
-        },
+        () = server => {},
         _ = drain_bound => tracing::warn!(
             "client connections still open {} s after shutdown began; closing them",
             GATEWAY_DRAIN.as_secs()

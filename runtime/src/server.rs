@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// Header read timeout and HTTP/2 limits of the HTTP port.
+    pub connections: siesta_http_server::ConnectionLimits,
     pub request_timeout: Duration,
     /// The longest SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
@@ -97,9 +99,10 @@ pub async fn run(
     });
     let http_lifecycle = lifecycle.clone();
     let http_server = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move { http_lifecycle.drained().await })
-            .await
+        siesta_http_server::serve(http_listener, app, cfg.connections, async move {
+            http_lifecycle.drained().await
+        })
+        .await
     });
     let grpc_server = grpc_listener.map(|listener| {
         let svc = grpc::service(service.clone(), cfg.max_body_bytes);

@@ -42,6 +42,8 @@ pub struct TransformerConfig {
     pub http_addr: SocketAddr,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// Header read timeout and HTTP/2 limits of the HTTP port.
+    pub connections: siesta_http_server::ConnectionLimits,
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
     /// Classes listed per prediction.
@@ -82,6 +84,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| RunError::Serve(e.to_string()))?;
     let drain_timeout = cfg.drain_timeout;
+    let connections = cfg.connections;
     let state: Shared = Arc::new(Transformer {
         cfg,
         client,
@@ -106,11 +109,10 @@ pub async fn run(
         .with_state(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
+        siesta_http_server::serve(listener, app, connections, async move {
+            let _ = stop_rx.await;
+        })
+        .await
     });
     let signal = crate::signals::ShutdownSignal::register()
         .map_err(|e| RunError::Serve(format!("cannot listen for signals: {e}")))?;
