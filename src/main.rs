@@ -314,6 +314,13 @@ struct ServeArgs {
     /// Classes listed per prediction by a transformer.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// Instances one transformer request may carry (each becomes a decoded image and a tensor).
+    #[arg(long, default_value_t = 64)]
+    max_instances: usize,
+    /// Pixels (width x height) of one image a transformer decodes; larger ones are refused from
+    /// their header, before any pixel is allocated.
+    #[arg(long, default_value_t = 25_000_000)]
+    max_image_pixels: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -399,6 +406,10 @@ fn transformer_config(a: ServeArgs) -> TransformerConfig {
         request_timeout: a.request_timeout,
         drain_timeout: a.drain_timeout,
         top_k: a.top_k,
+        image_limits: siesta_runtime::transformer::ImageLimits {
+            max_instances: a.max_instances,
+            max_pixels: a.max_image_pixels,
+        },
         replica_id: a
             .replica_id
             .unwrap_or_else(|| format!("pid-{}", std::process::id())),

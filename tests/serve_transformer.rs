@@ -167,6 +167,16 @@ async fn bad_requests_get_json_errors_naming_the_instance() {
             "instance 0",
         ),
         (json!({"instances": []}), 400, "empty"),
+        (
+            json!({"instances": vec![json!({"b64": good}); 65]}),
+            413,
+            "--max-instances",
+        ),
+        (
+            json!({"instances": [{"b64": good}, {"b64": STANDARD.encode(siesta_testkit::pixels::png_claiming(50_000, 50_000))}]}),
+            413,
+            "instance 1: the image is 50000x50000",
+        ),
         (json!({"inputs": [1]}), 400, "instances"),
     ];
     for (body, status, want) in cases {

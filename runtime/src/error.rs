@@ -25,6 +25,13 @@ pub enum ServeError {
     ModelControlOff(&'static str),
     #[error("request body of {got} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { got: usize, limit: usize },
+    /// A request within the body limit that asks for more work or memory than a limit allows.
+    #[error("{what}: the limit is {limit} ({flag})")]
+    LimitExceeded {
+        what: String,
+        limit: u64,
+        flag: &'static str,
+    },
     #[error("model '{model}' is overloaded: {queued} requests queued (limit {limit}); retry later")]
     Overloaded {
         model: String,
@@ -58,7 +65,9 @@ impl ServeError {
             | ServeError::NoRoute(_) => StatusCode::NOT_FOUND,
             ServeError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::ModelControlOff(_) => StatusCode::FORBIDDEN,
-            ServeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -83,7 +92,7 @@ impl ServeError {
             | ServeError::NoRoute(_) => "not_found",
             ServeError::ModelNotReady(_) => "not_ready",
             ServeError::ModelControlOff(_) => "forbidden",
-            ServeError::BodyTooLarge { .. } => "too_large",
+            ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => "too_large",
             ServeError::Overloaded { .. } => "overloaded",
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 "internal"
@@ -99,6 +108,7 @@ impl ServeError {
             ServeError::InvalidInput(_) | ServeError::BodyTooLarge { .. } => {
                 tonic::Status::invalid_argument(msg)
             }
+            ServeError::LimitExceeded { .. } => tonic::Status::resource_exhausted(msg),
             ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => tonic::Status::not_found(msg),

@@ -9,9 +9,25 @@ use serde_json::Value;
 
 use crate::error::ServeError;
 
-/// Decoded images larger than this on either side are refused before their pixels are
-/// allocated (a small PNG can claim a huge canvas).
-const MAX_SIDE: u32 = 8192;
+/// What one request may make the transformer decode. Every instance becomes a decoded image and
+/// an input tensor, and a few hundred bytes of PNG can claim a canvas of gigapixels (a
+/// decompression bomb), so both the count and each image's pixels are checked before any
+/// pixel is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_instances: usize,
+    /// Width x height of one decoded image.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_instances: 64,
+            max_pixels: 25_000_000,
+        }
+    }
+}
 
 /// One instance: its raw image bytes and the client's key (echoed back).
 pub struct Instance {
@@ -19,7 +35,7 @@ pub struct Instance {
     pub bytes: Vec<u8>,
 }
 
-pub fn parse(body: &[u8]) -> Result<Vec<Instance>, ServeError> {
+pub fn parse(body: &[u8], limits: &ImageLimits) -> Result<Vec<Instance>, ServeError> {
     let bad = |m: String| ServeError::InvalidInput(m);
     let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let instances = v
@@ -29,6 +45,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Instance>, ServeError> {
         .ok_or_else(|| bad("\"instances\" must be a list".into()))?;
     if instances.is_empty() {
         return Err(bad("\"instances\" is empty".into()));
+    }
+    if instances.len() > limits.max_instances {
+        return Err(ServeError::LimitExceeded {
+            what: format!("{} instances in one request", instances.len()),
+            limit: limits.max_instances as u64,
+            flag: "--max-instances",
+        });
     }
     instances
         .iter()
@@ -64,29 +87,52 @@ fn parse_one(inst: &Value) -> Result<Instance, String> {
     Ok(Instance { key, bytes })
 }
 
-/// Decodes JPEG or PNG into 8-bit pixels with the channels the model wants (1 = grey, 3 = RGB).
-pub fn decode(bytes: &[u8], channels: u32) -> Result<(Vec<u8>, u32, u32), String> {
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read the image: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not a JPEG or PNG image".into());
+/// Why an image was not decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Invalid(String),
+    TooManyPixels { width: u32, height: u32 },
+}
+
+/// Decodes JPEG or PNG into 8-bit pixels with the channels the model wants (1 = grey, 3 = RGB),
+/// reading the header first: an image over `max_pixels` is refused before it is decoded.
+pub fn decode(
+    bytes: &[u8],
+    channels: u32,
+    max_pixels: u64,
+) -> Result<(Vec<u8>, u32, u32), DecodeError> {
+    let invalid = DecodeError::Invalid;
+    let reader = || {
+        let r = ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| invalid(format!("cannot read the image: {e}")))?;
+        match r.format() {
+            Some(_) => Ok(r),
+            None => Err(invalid("not a JPEG or PNG image".into())),
+        }
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| invalid(format!("cannot read the image: {e}")))?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DecodeError::TooManyPixels { width, height });
     }
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
     reader.limits(limits);
     let img: DynamicImage = reader
         .decode()
-        .map_err(|e| format!("cannot decode the image: {e}"))?;
+        .map_err(|e| invalid(format!("cannot decode the image: {e}")))?;
     let (w, h) = (img.width(), img.height());
     let pixels = match channels {
         1 => img.into_luma8().into_raw(),
         3 => img.into_rgb8().into_raw(),
         n => {
-            return Err(format!(
+            return Err(invalid(format!(
                 "the model wants {n} channels; only 1 or 3 are supported"
-            ));
+            )));
         }
     };
     Ok((pixels, h, w))
@@ -112,14 +158,14 @@ mod tests {
             {"b64": b64},
             b64,
         ]});
-        let got = parse(body.to_string().as_bytes()).unwrap();
+        let got = parse(body.to_string().as_bytes(), &ImageLimits::default()).unwrap();
         assert_eq!(got.len(), 4);
         assert_eq!(got[0].key, Some(Value::from("1")));
         assert!(got[1..].iter().all(|i| i.key.is_none()));
-        let (px, h, w) = decode(&got[3].bytes, 3).unwrap();
+        let (px, h, w) = decode(&got[3].bytes, 3, MP).unwrap();
         assert_eq!((h, w, px.len()), (2, 3, 18));
         assert_eq!(&px[3..6], &[1, 0, 7]);
-        let (grey, _, _) = decode(&got[3].bytes, 1).unwrap();
+        let (grey, _, _) = decode(&got[3].bytes, 1, MP).unwrap();
         assert_eq!(grey.len(), 6);
     }
 
@@ -137,14 +183,45 @@ mod tests {
             ("nope", "invalid JSON"),
         ];
         for (body, want) in cases {
-            let err = parse(body.as_bytes()).err().expect(body).to_string();
+            let err = parse(body.as_bytes(), &ImageLimits::default())
+                .err()
+                .expect(body)
+                .to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
-        assert!(decode(b"GIF89a not really", 3).is_err());
-        assert!(
-            decode(&[0u8; 16], 3)
-                .unwrap_err()
-                .contains("not a JPEG or PNG")
+        assert!(decode(b"GIF89a not really", 3, MP).is_err());
+        assert!(matches!(
+            decode(&[0u8; 16], 3, MP),
+            Err(DecodeError::Invalid(m)) if m.contains("not a JPEG or PNG")
+        ));
+    }
+
+    const MP: u64 = 1_000_000;
+
+    #[test]
+    fn limits_are_checked_before_anything_is_decoded() {
+        // A 67-byte PNG whose header claims 20,000 x 20,000 pixels (1.2 GB as RGB).
+        let bomb = siesta_testkit::pixels::png_claiming(20_000, 20_000);
+        assert!(bomb.len() < 100, "{} bytes", bomb.len());
+        assert_eq!(
+            decode(&bomb, 3, 25_000_000),
+            Err(DecodeError::TooManyPixels {
+                width: 20_000,
+                height: 20_000
+            })
         );
+        assert!(
+            decode(&png(1000, 1000), 3, MP).is_ok(),
+            "exactly at the limit"
+        );
+        assert!(decode(&png(1001, 1000), 3, MP).is_err());
+
+        let b64 = STANDARD.encode(png(1, 1));
+        let body = serde_json::json!({"instances": vec![serde_json::json!({"b64": b64}); 65]});
+        let e = parse(body.to_string().as_bytes(), &ImageLimits::default())
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.to_string().contains("--max-instances"), "{e}");
     }
 }

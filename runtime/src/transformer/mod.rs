@@ -24,6 +24,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use self::instances::ImageLimits;
 pub use self::predictor::{PredictorClient, PredictorSpec};
 
 use crate::error::{Result, ServeError};
@@ -48,6 +49,8 @@ pub struct TransformerConfig {
     pub drain_timeout: Duration,
     /// Classes listed per prediction.
     pub top_k: usize,
+    /// Instances per request and pixels per image.
+    pub image_limits: instances::ImageLimits,
     pub replica_id: String,
 }
 
@@ -193,7 +196,8 @@ async fn transform(t: &Transformer, body: axum::body::Bytes) -> Result<Response>
         .get_or_try_init(|| async { t.client.spec().await.map(Arc::new) })
         .await?
         .clone();
-    let batch = instances::parse(&body)?;
+    let limits = t.cfg.image_limits;
+    let batch = instances::parse(&body, &limits)?;
     let pre_started = Instant::now();
     let (batch, tensors) = {
         let spec = spec.clone();
@@ -202,7 +206,8 @@ async fn transform(t: &Transformer, body: axum::body::Bytes) -> Result<Response>
             let rows = spec.max_batch_size.max(1);
             let tensors: Result<Vec<Vec<u8>>> = batch
                 .chunks(rows)
-                .map(|chunk| pipeline::preprocess(&spec, chunk))
+                .enumerate()
+                .map(|(c, chunk)| pipeline::preprocess(&spec, chunk, c * rows, &limits))
                 .collect();
             (batch, tensors)
         })

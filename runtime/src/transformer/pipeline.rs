@@ -5,12 +5,17 @@ use serde_json::{Value, json};
 use siesta_kernels::{ImageU8, softmax_in_place, top_k};
 use siesta_models::ScoreKind;
 
-use super::instances::{self, Instance};
+use super::instances::{self, DecodeError, ImageLimits, Instance};
 use super::predictor::PredictorSpec;
 use crate::error::ServeError;
 
 /// The batch as the predictor's input bytes (little-endian FP32, or UINT8).
-pub fn preprocess(spec: &PredictorSpec, batch: &[Instance]) -> Result<Vec<u8>, ServeError> {
+pub fn preprocess(
+    spec: &PredictorSpec,
+    batch: &[Instance],
+    first: usize,
+    limits: &ImageLimits,
+) -> Result<Vec<u8>, ServeError> {
     let per_image = spec.transform.output_len();
     let elem = if spec.uint8 { 1 } else { 4 };
     let mut out = vec![0u8; batch.len() * per_image * elem];
@@ -20,8 +25,20 @@ pub fn preprocess(spec: &PredictorSpec, batch: &[Instance]) -> Result<Vec<u8>, S
         .zip(out.chunks_exact_mut(per_image * elem))
         .enumerate()
     {
+        let i = first + i;
         let bad = |m: String| ServeError::InvalidInput(format!("instance {i}: {m}"));
-        let (pixels, h, w) = instances::decode(&inst.bytes, channels).map_err(bad)?;
+        let (pixels, h, w) =
+            instances::decode(&inst.bytes, channels, limits.max_pixels).map_err(|e| match e {
+                DecodeError::Invalid(m) => bad(m),
+                DecodeError::TooManyPixels { width, height } => ServeError::LimitExceeded {
+                    what: format!(
+                        "instance {i}: the image is {width}x{height} = {} pixels",
+                        u64::from(width) * u64::from(height)
+                    ),
+                    limit: limits.max_pixels,
+                    flag: "--max-image-pixels",
+                },
+            })?;
         let img = ImageU8::new(&pixels, h, w, channels).map_err(|e| bad(e.to_string()))?;
         if spec.uint8 {
             spec.transform
