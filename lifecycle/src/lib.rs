@@ -18,3 +18,6 @@ pub mod replica;
 pub mod simulate;
 pub mod status;
 pub mod up;
+
+#[cfg(test)]
+mod fuzz;

@@ -178,13 +178,17 @@ impl Tensor {
         }
     }
 
-    pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
+    /// Elements the shape holds; a shape whose product overflows is too large for any tensor.
+    pub fn element_count(&self) -> Result<usize, TensorError> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or(TensorError::TooLarge)
     }
 
     /// Checks the byte length against the shape; for `BYTES`, walks the length prefixes.
     pub fn check_size(&self) -> Result<(), TensorError> {
-        let n = self.element_count();
+        let n = self.element_count()?;
         match self.datatype.element_size() {
             Some(size) => {
                 let expected = n.checked_mul(size).ok_or(TensorError::TooLarge)?;

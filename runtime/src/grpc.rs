@@ -90,7 +90,7 @@ fn contents_to_bytes(input: &InferInputTensor, dt: DataType) -> Result<Vec<u8>, 
     })
 }
 
-fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, Status> {
+pub(crate) fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, Status> {
     let raw = !req.raw_input_contents.is_empty();
     if raw && req.raw_input_contents.len() != req.inputs.len() {
         return Err(invalid(format!(

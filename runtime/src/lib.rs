@@ -24,5 +24,8 @@ mod status;
 pub mod transformer;
 mod worker;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use error::ServeError;
 pub use server::{RunError, ServeConfig, StopReason, run};

@@ -30,7 +30,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The model name of a V2 request message: field 1 (a string) of the first length-prefixed
 /// message in the body.
-pub fn model_name(body: &[u8]) -> Option<&str> {
+pub(crate) fn model_name(body: &[u8]) -> Option<&str> {
     // 1 byte compressed flag (must be 0: a compressed message cannot be read here), 4 bytes length.
     let (&flag, rest) = body.split_first()?;
     if flag != 0 || rest.len() < 4 {

@@ -4,7 +4,7 @@
 //! binary tensor (through the gateway, so both components are counted and scaled), and answers
 //! with labels and scores.
 
-mod instances;
+pub(crate) mod instances;
 mod pipeline;
 mod predictor;
 
