@@ -18,7 +18,7 @@ PROPS=$(grep -h -A2 -E '^    #\[test\]' runtime/src/fuzz.rs lifecycle/src/fuzz.r
 CASES=$(( (TOTAL + PROPS - 1) / PROPS ))
 echo "$PROPS properties x $CASES cases"
 START=$(date +%s.%N)
-PROPTEST_CASES=$CASES cargo test --workspace --lib --features kubernetes -q fuzz:: -- --test-threads 2 2>&1 | tee "$LOG" | grep -E "^test fuzz|FAILED|panicked|minimal" || true
+PROPTEST_CASES=$CASES cargo test --workspace --lib --features kubernetes fuzz:: -- --test-threads 2 2>&1 | tee "$LOG" | grep -E "^test fuzz|FAILED|panicked|minimal" || true
 END=$(date +%s.%N)
 if grep -q "FAILED\|panicked" "$LOG"; then
   echo "a property failed (log above)" >&2

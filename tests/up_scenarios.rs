@@ -619,6 +619,28 @@ spec:
     for _ in 0..20 {
         client.model_infer(req.clone()).await.unwrap();
     }
+    // Routed by `:authority` (KServe's `{name}.{namespace}.{domain}`): the call is held before
+    // its message is read; another namespace's `digits` is no route, whatever the message says.
+    for (authority, ok) in [
+        ("http://digits.default.example.com", true),
+        ("http://digits.elsewhere.example.com", false),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(up.gateway.clone())
+            .unwrap()
+            .origin(authority.parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        let mut by_host =
+            pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+        match by_host.model_infer(req.clone()).await {
+            Ok(_) => assert!(ok, "{authority} was routed"),
+            Err(e) => {
+                assert!(!ok, "{authority}: {e}");
+                assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+            }
+        }
+    }
     // Replica control is not forwarded, on either protocol: the model keeps serving.
     let err = client
         .repository_model_unload(pb::RepositoryModelUnloadRequest {

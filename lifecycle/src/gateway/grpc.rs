@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::error::GatewayError;
 use super::forwarded;
 use super::pool::{DemandGuard, Lease, Pool};
-use super::{ATTEMPTS, Gateway, MAX_BODY};
+use super::{ATTEMPTS, Gateway, HostRoute, MAX_BODY};
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -123,22 +123,44 @@ async fn route_and_call(
             return Err(GatewayError::NotInference(parts.uri.path().to_string()));
         }
     }
-    let body = http_body_util::Limited::new(body, MAX_BODY)
+    match gw.route_by_host(&parts.uri, &parts.headers) {
+        // Routed by `:authority`: the message stays in the socket while the call is held.
+        HostRoute::Found(pool, timeout) => {
+            call(gw, &pool, timeout, parts, Message::Unread(body)).await
+        }
+        HostRoute::OtherNamespace => Err(GatewayError::NoRoute(format!(
+            "{} in the namespace the authority names",
+            parts.uri.authority().map_or("?", |a| a.as_str())
+        ))),
+        // Only the message names the model: it is read (up to the limit) to find the route.
+        HostRoute::NotByHost => {
+            let body = read_message(body).await?;
+            let (pool, timeout) = model_name(&body)
+                .and_then(|m| gw.route_model(m))
+                .ok_or_else(|| {
+                    GatewayError::NoRoute(format!(
+                        "{} (model {:?})",
+                        parts.uri.path(),
+                        model_name(&body).unwrap_or("?")
+                    ))
+                })?;
+            call(gw, &pool, timeout, parts, Message::Read(body)).await
+        }
+    }
+}
+
+/// A call's request body: still in the socket, or already read to find its route.
+enum Message {
+    Unread(Body),
+    Read(Bytes),
+}
+
+async fn read_message(body: Body) -> Result<Bytes, GatewayError> {
+    Ok(http_body_util::Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| GatewayError::Body(e.to_string()))?
-        .to_bytes();
-    let (pool, timeout) = gw
-        .route(&parts.uri, &parts.headers)
-        .or_else(|| gw.route_model(model_name(&body)?))
-        .ok_or_else(|| {
-            GatewayError::NoRoute(format!(
-                "{} (model {:?})",
-                parts.uri.path(),
-                model_name(&body).unwrap_or("?")
-            ))
-        })?;
-    call(gw, &pool, timeout, parts, body).await
+        .to_bytes())
 }
 
 async fn call(
@@ -146,7 +168,7 @@ async fn call(
     pool: &Arc<Pool>,
     timeout: Duration,
     parts: axum::http::request::Parts,
-    body: Bytes,
+    mut message: Message,
 ) -> Result<Response, GatewayError> {
     let demand = pool.arrive();
     let arrived = Instant::now();
@@ -154,6 +176,13 @@ async fn call(
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = pool.acquire(deadline, &tried).await?;
+        let body = match message {
+            Message::Read(b) => b,
+            Message::Unread(b) => tokio::time::timeout_at(deadline, read_message(b))
+                .await
+                .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??,
+        };
+        message = Message::Read(body.clone());
         let addr = lease
             .grpc
             .ok_or_else(|| GatewayError::NoGrpc(pool.name.clone()))?;

@@ -91,6 +91,7 @@ pub fn install_service<E>(
     let entry = watched.last().map_or(predictor.clone(), |(p, _)| p.clone());
     Ok(InstalledService {
         route: Route {
+            namespace: isvc.namespace.clone(),
             entry,
             predictor,
             timeout: isvc.predictor.timeout,

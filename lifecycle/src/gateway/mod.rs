@@ -39,6 +39,8 @@ const ATTEMPTS: usize = 3;
 /// transformer calls back through the gateway).
 #[derive(Clone)]
 pub struct Route {
+    /// The InferenceService's namespace: a `Host` that names another one is not this route.
+    pub namespace: String,
     pub entry: Arc<Pool>,
     pub predictor: Arc<Pool>,
     pub timeout: Duration,
@@ -139,31 +141,48 @@ impl Gateway {
     }
 
     /// By `Host` (HTTP/1) or `:authority` (HTTP/2), then by the model name in the path.
+    ///
+    /// A host of three or more labels is KServe's `{name}.{namespace}.{domain}`: it routes only
+    /// to that namespace's service. A same-named service of another namespace is not the one the
+    /// client asked for, so that is no route at all, not a fallback to the path.
     fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<(Arc<Pool>, Duration)> {
+        match self.route_by_host(uri, headers) {
+            HostRoute::Found(pool, timeout) => Some((pool, timeout)),
+            HostRoute::OtherNamespace => None,
+            HostRoute::NotByHost => self.route_model(model_in_path(uri.path())?),
+        }
+    }
+
+    fn route_by_host(&self, uri: &Uri, headers: &HeaderMap) -> HostRoute {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| uri.host())
-            .and_then(|h| h.split([':', '.']).next())
             .unwrap_or_default();
+        let host = host.split(':').next().unwrap_or_default();
+        let labels: Vec<&str> = host.split('.').collect();
+        let first = labels[0];
+        let namespace = (labels.len() >= 3).then(|| labels[1]);
+        let in_namespace = |r: &Route| namespace.is_none_or(|ns| ns == r.namespace);
         // The whole name first: a service may itself end in "-transformer" (scenario 5's
         // `torch-transformer`).
         let routes = self.routes.read();
-        if let Some(r) = routes.get(host) {
-            return Some((r.entry.clone(), r.timeout));
+        let by_host = routes
+            .get(first)
+            .map(|r| (r, &r.entry))
+            .or_else(|| {
+                let r = routes.get(first.strip_suffix("-predictor")?)?;
+                Some((r, &r.predictor))
+            })
+            .or_else(|| {
+                let r = routes.get(first.strip_suffix("-transformer")?)?;
+                Some((r, &r.entry))
+            });
+        match by_host {
+            Some((r, pool)) if in_namespace(r) => HostRoute::Found(pool.clone(), r.timeout),
+            Some(_) => HostRoute::OtherNamespace,
+            None => HostRoute::NotByHost,
         }
-        if let Some(service) = host.strip_suffix("-predictor")
-            && let Some(r) = routes.get(service)
-        {
-            return Some((r.predictor.clone(), r.timeout));
-        }
-        if let Some(service) = host.strip_suffix("-transformer")
-            && let Some(r) = routes.get(service)
-        {
-            return Some((r.entry.clone(), r.timeout));
-        }
-        drop(routes);
-        self.route_model(model_in_path(uri.path())?)
     }
 
     fn route_model(&self, name: &str) -> Option<(Arc<Pool>, Duration)> {
@@ -172,6 +191,15 @@ impl Gateway {
             .get(name)
             .map(|r| (r.entry.clone(), r.timeout))
     }
+}
+
+/// What the `Host` says about the route.
+enum HostRoute {
+    Found(Arc<Pool>, Duration),
+    /// It names a service that is served, but from another namespace than the one it names.
+    OtherNamespace,
+    /// It names no served service: the request names its model instead.
+    NotByHost,
 }
 
 fn model_in_path(path: &str) -> Option<&str> {
@@ -319,5 +347,62 @@ mod tests {
         assert_eq!(model_in_path("/v2/models/mnist/infer"), Some("mnist"));
         assert_eq!(model_in_path("/v2/health/ready"), None);
         assert_eq!(model_in_path("/v1/models/"), None);
+    }
+
+    #[tokio::test]
+    async fn a_host_naming_a_namespace_routes_only_to_that_namespaces_service() {
+        use crate::backend::ComponentKey;
+        use crate::manifest::ComponentKind;
+        let pool = |kind| {
+            let key = ComponentKey {
+                service: "m".into(),
+                kind,
+            };
+            let none = tokio::sync::watch::channel(Vec::new()).1;
+            Pool::new(key, 0, 10, none, tokio::sync::watch::channel(None).1)
+        };
+        let (entry, predictor) = (
+            pool(ComponentKind::Transformer),
+            pool(ComponentKind::Predictor),
+        );
+        let route = Route {
+            namespace: "team-a".into(),
+            entry: entry.clone(),
+            predictor: predictor.clone(),
+            timeout: Duration::from_secs(1),
+        };
+        let gw = Gateway::new(
+            HashMap::from([("m".to_string(), route)]),
+            Arc::new(String::new),
+            Arc::new(Default::default),
+            None,
+        );
+        let routed = |host: &str, path: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, host.parse().unwrap());
+            gw.route(&path.parse().unwrap(), &headers)
+                .map(|(p, _)| p.key.kind)
+        };
+        let infer = "/v2/models/m/infer";
+        assert_eq!(
+            routed("m.team-a.example.com", infer),
+            Some(ComponentKind::Transformer)
+        );
+        assert_eq!(
+            routed("m-predictor.team-a.example.com:8080", "/"),
+            Some(ComponentKind::Predictor)
+        );
+        assert_eq!(routed("m", "/"), Some(ComponentKind::Transformer));
+        assert_eq!(
+            routed("localhost:8080", infer),
+            Some(ComponentKind::Transformer)
+        );
+        assert_eq!(
+            routed("127.0.0.1:8080", infer),
+            Some(ComponentKind::Transformer)
+        );
+        // Another namespace's `m` is not this one, even though the path names `m` too.
+        assert_eq!(routed("m.team-b.example.com", infer), None);
+        assert_eq!(routed("m-predictor.team-b.svc.cluster.local", infer), None);
     }
 }
