@@ -54,10 +54,10 @@ async fn predict_inner(
     body: Body,
     started: Instant,
 ) -> Result<Response> {
+    let admitted = state.service.admit(name, None)?;
     let bytes = read_body(state, headers, body).await?;
-    let (resp, timing) = state
-        .service
-        .infer(name, None, |config| parse_predict(config, &bytes))
+    let (resp, timing) = admitted
+        .infer(|config| parse_predict(config, &bytes))
         .await?;
     let outputs: Vec<_> = resp.outputs.into_iter().map(|(t, _)| t).collect();
     let body = build_predictions(&resp.config, &outputs)?;

@@ -175,6 +175,7 @@ async fn infer_inner(
     body: Body,
     started: Instant,
 ) -> Result<Response> {
+    let admitted = s.service.admit(model, version)?;
     let bytes = read_body(s, headers, body).await?;
     let header_len = headers
         .get(HEADER_CONTENT_LENGTH)
@@ -185,11 +186,8 @@ async fn infer_inner(
         })
         .transpose()?;
     let (json_part, binary_part) = split_body(&bytes, header_len)?;
-    let (resp, timing) = s
-        .service
-        .infer(model, version, |_| {
-            parse_infer_request(json_part, binary_part)
-        })
+    let (resp, timing) = admitted
+        .infer(|_| parse_infer_request(json_part, binary_part))
         .await?;
     let (body, json_len) = build_infer_response(&resp)?;
     let mut response = Response::new(Body::from(body));

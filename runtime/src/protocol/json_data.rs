@@ -117,66 +117,199 @@ pub fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<()> {
 pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Result<Vec<u8>> {
     let elem = datatype.element_size().unwrap_or(8);
     let mut out = Vec::with_capacity(values.len() * elem);
-    let bad = |i: usize, v: &Value| {
+    for (i, v) in values.iter().enumerate() {
+        encode_leaf(name, datatype, i, v, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Appends leaf number `i` as `datatype` bytes; a value of the wrong kind or out of range is an
+/// error naming the input, the element and the value.
+fn encode_leaf(
+    name: &str,
+    datatype: DataType,
+    i: usize,
+    v: &Value,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let bad = || {
         invalid(format!(
             "input '{name}': element {i} ({}) is not a valid {datatype} value",
             truncate(v)
         ))
     };
-    macro_rules! ints {
-        ($t:ty) => {
-            for (i, v) in values.iter().enumerate() {
-                let x = match v {
-                    Value::Number(n) => n
-                        .as_i64()
-                        .and_then(|x| <$t>::try_from(x).ok())
-                        .or_else(|| n.as_u64().and_then(|x| <$t>::try_from(x).ok())),
-                    _ => None,
-                }
-                .ok_or_else(|| bad(i, v))?;
-                out.extend_from_slice(&x.to_le_bytes());
+    macro_rules! int {
+        ($t:ty) => {{
+            let x = match v {
+                Value::Number(n) => n
+                    .as_i64()
+                    .and_then(|x| <$t>::try_from(x).ok())
+                    .or_else(|| n.as_u64().and_then(|x| <$t>::try_from(x).ok())),
+                _ => None,
             }
-        };
+            .ok_or_else(bad)?;
+            out.extend_from_slice(&x.to_le_bytes());
+        }};
     }
-    macro_rules! floats {
-        ($conv:expr) => {
-            for (i, v) in values.iter().enumerate() {
-                let x = v
-                    .as_f64()
-                    .or_else(|| non_finite(v))
-                    .ok_or_else(|| bad(i, v))?;
-                out.extend_from_slice(&$conv(x));
-            }
-        };
-    }
+    let float = || v.as_f64().or_else(|| non_finite(v)).ok_or_else(bad);
     match datatype {
-        DataType::Bool => {
-            for (i, v) in values.iter().enumerate() {
-                out.push(u8::from(v.as_bool().ok_or_else(|| bad(i, v))?));
-            }
-        }
-        DataType::U8 => ints!(u8),
-        DataType::U16 => ints!(u16),
-        DataType::U32 => ints!(u32),
-        DataType::U64 => ints!(u64),
-        DataType::I8 => ints!(i8),
-        DataType::I16 => ints!(i16),
-        DataType::I32 => ints!(i32),
-        DataType::I64 => ints!(i64),
-        DataType::F16 => floats!(|x: f64| half::f16::from_f64(x).to_le_bytes()),
-        DataType::BF16 => floats!(|x: f64| half::bf16::from_f64(x).to_le_bytes()),
-        DataType::F32 => floats!(|x: f64| (x as f32).to_le_bytes()),
-        DataType::F64 => floats!(|x: f64| x.to_le_bytes()),
+        DataType::Bool => out.push(u8::from(v.as_bool().ok_or_else(bad)?)),
+        DataType::U8 => int!(u8),
+        DataType::U16 => int!(u16),
+        DataType::U32 => int!(u32),
+        DataType::U64 => int!(u64),
+        DataType::I8 => int!(i8),
+        DataType::I16 => int!(i16),
+        DataType::I32 => int!(i32),
+        DataType::I64 => int!(i64),
+        DataType::F16 => out.extend_from_slice(&half::f16::from_f64(float()?).to_le_bytes()),
+        DataType::BF16 => out.extend_from_slice(&half::bf16::from_f64(float()?).to_le_bytes()),
+        DataType::F32 => out.extend_from_slice(&(float()? as f32).to_le_bytes()),
+        DataType::F64 => out.extend_from_slice(&float()?.to_le_bytes()),
         DataType::Bytes => {
-            for (i, v) in values.iter().enumerate() {
-                let s = v.as_str().ok_or_else(|| bad(i, v))?;
-                let len = u32::try_from(s.len()).map_err(|_| bad(i, v))?;
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            let s = v.as_str().ok_or_else(bad)?;
+            let len = u32::try_from(s.len()).map_err(|_| bad())?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Decodes a V2 input's `data` (nested or flat arrays, as raw JSON text) straight into
+/// `datatype` bytes: one leaf at a time, never a `Value` tree of the whole tensor (about 20
+/// times its size), and stopping at the first element beyond `count`, so a client's oversized
+/// or ragged data costs no more than the tensor it claims.
+pub fn decode_data(name: &str, datatype: DataType, count: usize, raw: &str) -> Result<Vec<u8>> {
+    let elem = datatype.element_size().unwrap_or(8);
+    let mut leaves = Leaves {
+        name,
+        datatype,
+        count,
+        seen: 0,
+        depth: 0,
+        leaf_depth: None,
+        out: Vec::with_capacity(count.saturating_mul(elem).min(raw.len() * 8)),
+        error: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let walked =
+        serde::de::DeserializeSeed::deserialize(&mut leaves, &mut de).and_then(|()| de.end());
+    if let Some(e) = leaves.error.take() {
+        return Err(e);
+    }
+    walked.map_err(|e| invalid(format!("input '{name}': 'data' is not valid: {e}")))?;
+    if leaves.seen != count {
+        return Err(invalid(format!(
+            "input '{name}': the shape needs {count} elements, 'data' has {}",
+            leaves.seen
+        )));
+    }
+    Ok(leaves.out)
+}
+
+/// The walk over one input's data; an error of Siesta's own (wrong value, too many elements,
+/// ragged nesting) is kept in `error` and ends the walk.
+struct Leaves<'a> {
+    name: &'a str,
+    datatype: DataType,
+    count: usize,
+    seen: usize,
+    depth: usize,
+    leaf_depth: Option<usize>,
+    out: Vec<u8>,
+    error: Option<ServeError>,
+}
+
+impl Leaves<'_> {
+    fn leaf<E: serde::de::Error>(&mut self, v: Value) -> std::result::Result<(), E> {
+        let fail = |this: &mut Self, e: ServeError| {
+            let msg = e.to_string();
+            this.error = Some(e);
+            Err(E::custom(msg))
+        };
+        match self.leaf_depth {
+            Some(d) if d != self.depth => {
+                return fail(
+                    self,
+                    invalid("'data' is ragged: nested arrays have different depths".into()),
+                );
+            }
+            _ => self.leaf_depth = Some(self.depth),
+        }
+        if self.seen == self.count {
+            let e = invalid(format!(
+                "input '{}': 'data' has more than the {} elements its shape needs",
+                self.name, self.count
+            ));
+            return fail(self, e);
+        }
+        if let Err(e) = encode_leaf(self.name, self.datatype, self.seen, &v, &mut self.out) {
+            return fail(self, e);
+        }
+        self.seen += 1;
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Leaves<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Leaves<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor data: values or nested arrays of values")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.depth += 1;
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.leaf(Value::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.leaf(Value::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.leaf(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.leaf(Value::from(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.leaf(Value::from(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.leaf(Value::Null)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> std::result::Result<(), A::Error> {
+        let e = invalid(format!(
+            "input '{}': element {} is an object, not a {} value",
+            self.name, self.seen, self.datatype
+        ));
+        let msg = e.to_string();
+        self.error = Some(e);
+        Err(serde::de::Error::custom(msg))
+    }
 }
 
 /// The first 40 characters of a value for an error message (characters, not bytes: a client's
@@ -307,5 +440,42 @@ mod tests {
             nest(vec![json!(1), json!(2), json!(3), json!(4)], &[2, 2]),
             json!([[1, 2], [3, 4]])
         );
+    }
+
+    #[test]
+    fn data_decodes_leaf_by_leaf_and_stops_at_what_the_shape_allows() {
+        let f32s = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let ok = decode_data("x", DataType::F32, 4, "[[1, 2.5], [\"NaN\", -3]]").unwrap();
+        let v = f32s(ok);
+        assert_eq!((v[0], v[1], v[3]), (1.0, 2.5, -3.0));
+        assert!(v[2].is_nan());
+        assert_eq!(
+            decode_data("x", DataType::Bytes, 2, "[\"é\", \"\"]").unwrap(),
+            [2, 0, 0, 0, 0xc3, 0xa9, 0, 0, 0, 0]
+        );
+        for (raw, want) in [
+            ("[1, 2, 3]", "needs 4 elements, 'data' has 3"),
+            ("[1, 2, 3, 4, 5]", "more than the 4 elements"),
+            ("[[1, 2], 3, 4]", "ragged"),
+            ("[1, {\"a\": 1}, 3, 4]", "element 1 is an object"),
+            (
+                "[1, 2, 3, \"éééééééééééééééééééééééééééééééééééééééééé\"]",
+                "element 3",
+            ),
+            ("[1, 2, 3, 4", "not valid"),
+            ("[1, 2, 3, 4] trailing", "not valid"),
+        ] {
+            let e = decode_data("x", DataType::F32, 4, raw)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{raw}: {e}");
+        }
+        // A huge array is refused at the first element beyond the shape, not read to its end.
+        let huge = format!("[{}]", vec!["1"; 100_000].join(","));
+        assert!(decode_data("x", DataType::F32, 4, &huge).is_err());
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use siesta_models::Tensor;
 
-use super::json_data::{decode_values, encode_values, flatten, quote_non_finite};
+use super::json_data::{decode_data, decode_values, quote_non_finite};
 use super::{InferRequest, InferResponse, RequestedOutput, classification, parse_input_header};
 use crate::error::{Result, ServeError};
 
@@ -29,8 +29,9 @@ pub struct InputBody {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
+    /// Kept as text until the datatype and shape are known, then decoded leaf by leaf.
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,19 +151,7 @@ pub fn parse_infer_request(json: &[u8], mut binary: &[u8]) -> Result<InferReques
                 binary = rest;
                 mine.to_vec()
             }
-            (None, Some(data)) => {
-                let mut leaves = Vec::new();
-                flatten(data, &mut leaves)?;
-                if leaves.len() != count {
-                    return Err(invalid(format!(
-                        "input '{}': shape {:?} needs {count} elements, 'data' has {}",
-                        input.name,
-                        shape,
-                        leaves.len()
-                    )));
-                }
-                encode_values(&input.name, datatype, &leaves)?
-            }
+            (None, Some(data)) => decode_data(&input.name, datatype, count, data.get())?,
             (None, None) => {
                 return Err(invalid(format!(
                     "input '{}': no 'data' and no binary_data_size",
