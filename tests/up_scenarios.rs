@@ -679,6 +679,41 @@ spec:
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "metadata and health are forwarded");
+    // A body beyond the gateway's retry buffer (64 KiB) streams through to the replica.
+    let batch = common::mnist_v2_body(&vec![img.clone(); 64]).to_string();
+    assert!(batch.len() > 256 << 10, "{} bytes", batch.len());
+    let r = http
+        .post(format!("{}/v2/models/digits/infer", up.gateway))
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(
+        out["outputs"][0]["shape"][0], 64,
+        "{}",
+        out["outputs"][0]["shape"]
+    );
+    // One declared beyond the gateway's limit is refused before a byte of it is read.
+    let mut big = tokio::net::TcpStream::connect(up.gateway.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut big,
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut big, &mut head),
+    )
+    .await
+    .expect("answered without the body")
+    .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
     client.model_infer(req.clone()).await.unwrap();
     assert!(
         client

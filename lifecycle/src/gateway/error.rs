@@ -13,6 +13,8 @@ pub enum GatewayError {
     NoRoute(String),
     #[error("request body: {0}")]
     Body(String),
+    #[error("the request body is larger than the gateway's limit of {limit} bytes")]
+    TooLarge { limit: usize },
     #[error(transparent)]
     Unavailable(#[from] AcquireError),
     #[error("replica {replica} failed: {reason}")]
@@ -39,6 +41,7 @@ pub enum GrpcCode {
     DeadlineExceeded = 4,
     NotFound = 5,
     PermissionDenied = 7,
+    ResourceExhausted = 8,
     Unimplemented = 12,
     Unavailable = 14,
 }
@@ -49,6 +52,7 @@ impl GatewayError {
             GatewayError::NoRoute(_) | GatewayError::NotInference(_) => StatusCode::NOT_FOUND,
             GatewayError::Control(_) => StatusCode::FORBIDDEN,
             GatewayError::Body(_) => StatusCode::BAD_REQUEST,
+            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream { .. } | GatewayError::NoGrpc(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -61,6 +65,7 @@ impl GatewayError {
             GatewayError::Control(_) => GrpcCode::PermissionDenied,
             GatewayError::NotInference(_) => GrpcCode::Unimplemented,
             GatewayError::Body(_) => GrpcCode::InvalidArgument,
+            GatewayError::TooLarge { .. } => GrpcCode::ResourceExhausted,
             GatewayError::Unavailable(AcquireError::Timeout { .. }) | GatewayError::Timeout(_) => {
                 GrpcCode::DeadlineExceeded
             }

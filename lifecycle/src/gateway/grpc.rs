@@ -4,21 +4,19 @@
 //! (`GatewayError::into_grpc_response`), never HTTP error pages a gRPC client cannot read. The response
 //! streams back with its trailers, and the replica slot is held until the last frame.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
+use super::body::LeasedBody;
 use super::error::GatewayError;
 use super::forwarded;
-use super::pool::{DemandGuard, Lease, Pool};
+use super::pool::Pool;
 use super::{ATTEMPTS, Gateway, HostRoute, MAX_BODY};
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -70,36 +68,6 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
         }
     }
     None
-}
-
-/// The upstream response body; keeps the replica slot and the demand count until it ends.
-struct LeasedBody {
-    inner: Incoming,
-    held: Option<(Lease, DemandGuard)>,
-}
-
-impl hyper::body::Body for LeasedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.held = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Forwards one gRPC call to a replica of the routed component.

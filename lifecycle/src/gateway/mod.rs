@@ -4,6 +4,7 @@
 //! `containerConcurrency`, and retries on another replica only requests that never reached one.
 //! It forwards the inference protocols only, never a replica's control endpoints (`forwarded`).
 
+mod body;
 mod error;
 pub(crate) mod forwarded;
 pub(crate) mod grpc;
@@ -21,12 +22,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+use self::body::{LeasedBody, RequestBody};
 use self::error::GatewayError;
 use self::pool::Pool;
 
@@ -74,7 +76,7 @@ pub type StatusRender = Arc<dyn Fn() -> crate::status::StatusDocument + Send + S
 #[derive(Clone)]
 pub struct Gateway {
     routes: Routes,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge, for gRPC to the replicas' gRPC ports.
     h2: Client<HttpConnector, Full<Bytes>>,
     metrics: MetricsRender,
@@ -228,33 +230,60 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     let Some((pool, timeout)) = gw.route(&parts.uri, &parts.headers) else {
         return GatewayError::NoRoute(parts.uri.path().to_string()).into_response();
     };
-    let _demand = pool.arrive();
+    forward_rest(&gw, &pool, timeout, parts, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward_rest(
+    gw: &Gateway,
+    pool: &Arc<Pool>,
+    timeout: Duration,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let demand = pool.arrive();
     let arrived = Instant::now();
     let deadline = arrived + timeout;
+    let timed_out = || GatewayError::Timeout(timeout.as_secs());
     // The body is read only once a replica slot is ours: held requests keep their bodies in
     // the socket, so a thousand held requests cost a thousand small futures, not their bodies
     // (Knative's activator ran out of memory buffering them, serving#13583).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n: u64| n > MAX_BODY as u64) {
+        // Refused before it is held, let alone read.
+        return Err(GatewayError::TooLarge { limit: MAX_BODY });
+    }
     let mut unread = Some(body);
-    let mut body = Bytes::new();
+    let mut whole: Option<Bytes> = None;
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..ATTEMPTS {
-        let lease = match pool.acquire(deadline, &tried).await {
-            Ok(l) => l,
-            Err(e) => return GatewayError::from(e).into_response(),
-        };
+        let lease = pool.acquire(deadline, &tried).await?;
         let held = arrived.elapsed();
-        if let Some(b) = unread.take() {
-            let read = tokio::time::timeout_at(
-                deadline,
-                http_body_util::Limited::new(b, MAX_BODY).collect(),
-            )
-            .await;
-            body = match read {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) => return GatewayError::Body(e.to_string()).into_response(),
-                Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
-            };
-        }
+        let upstream_body = match (unread.take(), &whole) {
+            (Some(b), _) => {
+                match tokio::time::timeout_at(deadline, RequestBody::read(b, declared, MAX_BODY))
+                    .await
+                    .map_err(|_| timed_out())??
+                {
+                    RequestBody::Whole(b) => {
+                        whole = Some(b.clone());
+                        Body::from(b)
+                    }
+                    RequestBody::Streaming(p) => Body::new(p),
+                }
+            }
+            (None, Some(b)) => Body::from(b.clone()),
+            (None, None) => {
+                return Err(GatewayError::Upstream {
+                    replica: tried.join(", "),
+                    reason: "connection refused, and the body had already been streamed".into(),
+                });
+            }
+        };
         let uri = format!(
             "http://{}{}",
             lease.addr,
@@ -268,39 +297,23 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
                 upstream = upstream.header(k, v);
             }
         }
-        let upstream = upstream
-            .body(Full::new(body.clone()))
-            .expect("valid request parts");
-        let sent = tokio::time::timeout_at(deadline, gw.client.request(upstream)).await;
-        match sent {
-            Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
+        let upstream = upstream.body(upstream_body).expect("valid request parts");
+        match tokio::time::timeout_at(deadline, gw.client.request(upstream)).await {
+            Err(_) => return Err(timed_out()),
             Ok(Err(e)) if e.is_connect() => {
-                // Never reached the replica: safe to try another.
+                // Never reached the replica: safe to try another, if the body can be sent again.
                 tracing::warn!(component = %pool.key, replica = %lease.replica, error = %e, "connect failed; retrying");
                 tried.push(lease.replica.clone());
                 continue;
             }
             Ok(Err(e)) => {
-                return GatewayError::Upstream {
+                return Err(GatewayError::Upstream {
                     replica: lease.replica.clone(),
                     reason: e.to_string(),
-                }
-                .into_response();
+                });
             }
             Ok(Ok(resp)) => {
                 let (mut head, body) = resp.into_parts();
-                let body = match tokio::time::timeout_at(deadline, body.collect()).await {
-                    Ok(Ok(b)) => b.to_bytes(),
-                    Ok(Err(e)) => {
-                        return GatewayError::Upstream {
-                            replica: lease.replica.clone(),
-                            reason: e.to_string(),
-                        }
-                        .into_response();
-                    }
-                    Err(_) => return GatewayError::Timeout(timeout.as_secs()).into_response(),
-                };
-                drop(lease);
                 head.headers.remove(header::TRANSFER_ENCODING);
                 metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => head.status.as_str().to_string()).increment(1);
                 metrics::histogram!("siesta_gateway_held_seconds", "component" => pool.name.clone()).record(held.as_secs_f64());
@@ -319,15 +332,21 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
                     "x-siesta-held-ms",
                     HeaderValue::from_str(&ms).expect("ascii"),
                 );
-                return Response::from_parts(head, Body::from(body));
+                // Streams back; the slot is freed when the last frame is through.
+                return Ok(Response::from_parts(
+                    head,
+                    Body::new(LeasedBody {
+                        inner: body,
+                        held: Some((lease, demand)),
+                    }),
+                ));
             }
         }
     }
-    GatewayError::Upstream {
+    Err(GatewayError::Upstream {
         replica: tried.join(", "),
         reason: "connection refused on every attempt".into(),
-    }
-    .into_response()
+    })
 }
 
 #[cfg(test)]
