@@ -887,3 +887,76 @@ spec:
     assert!(log.matches("--- siesta: replica").count() >= 2, "{log}");
     up.stop();
 }
+
+#[tokio::test]
+async fn shutdown_answers_every_held_request() {
+    // A model store that accepts connections and never answers: the replica stays loading and
+    // the request stays held.
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store_addr = store.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in store.incoming().take(16) {
+            open.push(c);
+        }
+    });
+    let up = Up::start(&format!(
+        "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: stuck}}
+spec:
+  predictor:
+    minReplicas: 0
+    model: {{modelFormat: {{name: siesta}}, storageUri: 'http://{store_addr}/model/config.json'}}
+"
+    ));
+    let url = format!("{}/v2/models/stuck/infer", up.gateway);
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(common::mnist_v2_body(&[vec![0.0; 784]]).to_string())
+            .send()
+            .await
+    });
+    up.wait_for("a held request", Duration::from_secs(10), |s| {
+        s["waiting"] == 1
+    })
+    .await;
+    let pid = up.child.id().to_string();
+    let asked = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held request is answered during shutdown")
+        .unwrap()
+        .expect("an answer, not a dropped connection");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // And the replica stuck loading stops with it: `siesta up` exits cleanly, soon.
+    let mut up = up;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "siesta up did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

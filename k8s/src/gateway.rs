@@ -208,7 +208,15 @@ pub async fn run(
         None,
     )
     .router();
-    siesta_http_server::serve(listener, app, cfg.connections, shutdown).await;
+    let closing = services.clone();
+    siesta_http_server::serve(listener, app, cfg.connections, async move {
+        shutdown.await;
+        // Held requests are answered (503) rather than cut off with their connections.
+        for i in closing.installed.lock().values() {
+            i.service.watched.iter().for_each(|(pool, _)| pool.close());
+        }
+    })
+    .await;
     follower.abort();
     let ids: Vec<(String, String)> = services.installed.lock().keys().cloned().collect();
     for id in ids {

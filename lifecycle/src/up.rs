@@ -10,6 +10,7 @@ use crate::backend::gpu::GpuInventory;
 use crate::backend::local::LocalBackend;
 use crate::backend::{ReplicaBackend, ReplicaTemplate};
 use crate::gateway::install::{InstallSettings, InstalledService, install_service};
+use crate::gateway::pool::Pool;
 use crate::gateway::trace::TraceRecorder;
 use crate::gateway::{self, BindError, Gateway, MetricsRender};
 use crate::manifest::{Component, InferenceService};
@@ -147,6 +148,7 @@ pub async fn run(
         installed.push(service);
     }
     on_listening(addr);
+    let pools: Vec<Arc<Pool>> = all_pools.iter().map(|(p, _)| p.clone()).collect();
     let status_backend = backend.clone();
     let status_gpus = cfg.gpus.clone();
     let status = Arc::new(move || {
@@ -166,6 +168,8 @@ pub async fn run(
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let server = siesta_http_server::serve(listener, app, cfg.connections, async move {
         shutdown.await;
+        // Held requests are answered (503) rather than cut off with their connections.
+        pools.iter().for_each(|p| p.close());
         let _ = stopping_tx.send(true);
     });
     // Graceful shutdown waits for every client connection to close, and a gRPC client may keep

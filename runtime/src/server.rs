@@ -118,13 +118,27 @@ pub async fn run(
     });
 
     // Load after binding: liveness answers at once, readiness only once every model is warm.
-    for (name, _) in &cfg.models {
-        if let Err(e) = registry.load(name).await {
+    // A signal during the load (a download that hangs, a scale-down) stops it: the loader's
+    // blocking thread is abandoned, not waited for.
+    let load_all = async {
+        for (name, _) in &cfg.models {
+            if let Err(e) = registry.load(name).await {
+                return Err(RunError::Load {
+                    model: name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        loaded = load_all => if let Err(e) = loaded {
             lifecycle.begin_drain("startup failed");
-            return Err(RunError::Load {
-                model: name.clone(),
-                reason: e.to_string(),
-            });
+            return Err(e);
+        },
+        () = lifecycle.drained() => {
+            tracing::info!("stopped while loading");
+            return Ok(StopReason::Signal);
         }
     }
     let idle_exit = tokio::spawn(run_idle_watch(

@@ -25,6 +25,8 @@ pub enum AcquireError {
     },
     #[error("{component}: no replica became available within {waited_ms} ms")]
     Timeout { component: String, waited_ms: u64 },
+    #[error("{component}: the gateway is shutting down")]
+    ShuttingDown { component: String },
     #[error(
         "{component}: replicas keep failing ({failures} in a row; next start in {retry_in_ms} ms): {last_error}"
     )]
@@ -64,6 +66,8 @@ pub struct Pool {
     /// What the autoscaler last saw and decided, for status and the dashboard.
     pub observed: Mutex<Observed>,
     started: Instant,
+    /// Set when the gateway shuts down: held requests are answered, not dropped with it.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -149,6 +153,7 @@ impl Pool {
             demand: Notify::new(),
             observed: Mutex::new(Observed::default()),
             started: Instant::now(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -159,6 +164,13 @@ impl Pool {
     /// The instant of `now_ms() == ms`, for timers on the same clock.
     pub fn instant_at(&self, ms: u64) -> Instant {
         self.started + std::time::Duration::from_millis(ms)
+    }
+
+    /// Answers every request waiting for a replica with `ShuttingDown`, and every later one.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.freed.notify_waiters();
     }
 
     pub fn ready(&self) -> usize {
@@ -199,6 +211,11 @@ impl Pool {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(AcquireError::ShuttingDown {
+                    component: self.name.clone(),
+                });
+            }
             {
                 let current = endpoints.borrow_and_update().clone();
                 let mut st = self.state.lock();
