@@ -10,10 +10,10 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::body::LeasedBody;
+use super::body::{LeasedBody, RequestBody};
 use super::error::GatewayError;
 use super::forwarded;
 use super::pool::Pool;
@@ -117,10 +117,12 @@ async fn route_and_call(
     }
 }
 
-/// A call's request body: still in the socket, or already read to find its route.
+/// A call's request body: still in the socket, read (to find its route, or because it is
+/// short enough to keep for a retry), or streaming to the replica that has it.
 enum Message {
     Unread(Body),
     Read(Bytes),
+    Streamed,
 }
 
 async fn read_message(body: Body) -> Result<Bytes, GatewayError> {
@@ -144,13 +146,30 @@ async fn call(
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = pool.acquire(deadline, &tried).await?;
-        let body = match message {
-            Message::Read(b) => b,
-            Message::Unread(b) => tokio::time::timeout_at(deadline, read_message(b))
-                .await
-                .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??,
+        let body = match std::mem::replace(&mut message, Message::Streamed) {
+            Message::Read(b) => {
+                message = Message::Read(b.clone());
+                Body::from(b)
+            }
+            Message::Unread(b) => {
+                match tokio::time::timeout_at(deadline, RequestBody::read(b, None, MAX_BODY))
+                    .await
+                    .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??
+                {
+                    RequestBody::Whole(b) => {
+                        message = Message::Read(b.clone());
+                        Body::from(b)
+                    }
+                    RequestBody::Streaming(p) => Body::new(p),
+                }
+            }
+            Message::Streamed => {
+                return Err(GatewayError::Upstream {
+                    replica: tried.join(", "),
+                    reason: "connection refused, and the message had already been streamed".into(),
+                });
+            }
         };
-        message = Message::Read(body.clone());
         let addr = lease
             .grpc
             .ok_or_else(|| GatewayError::NoGrpc(pool.name.clone()))?;
@@ -165,9 +184,7 @@ async fn call(
                 upstream = upstream.header(k, v);
             }
         }
-        let upstream = upstream
-            .body(Full::new(body.clone()))
-            .expect("valid request parts");
+        let upstream = upstream.body(body).expect("valid request parts");
         match tokio::time::timeout_at(deadline, gw.h2.request(upstream)).await {
             Err(_) => return Err(GatewayError::Timeout(timeout.as_secs())),
             Ok(Err(e)) if e.is_connect() => {

@@ -22,7 +22,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -78,7 +77,7 @@ pub struct Gateway {
     routes: Routes,
     client: Client<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge, for gRPC to the replicas' gRPC ports.
-    h2: Client<HttpConnector, Full<Bytes>>,
+    h2: Client<HttpConnector, Body>,
     metrics: MetricsRender,
     status: StatusRender,
     recorder: Option<trace::TraceRecorder>,
