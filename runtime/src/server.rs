@@ -107,8 +107,12 @@ pub async fn run(
     let grpc_server = grpc_listener.map(|listener| {
         let svc = grpc::service(service.clone(), cfg.max_body_bytes);
         let grpc_lifecycle = lifecycle.clone();
+        let limits = cfg.connections;
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                .http2_keepalive_interval(Some(limits.http2_keep_alive_interval))
+                .http2_keepalive_timeout(Some(limits.http2_keep_alive_timeout))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     grpc_lifecycle.drained().await

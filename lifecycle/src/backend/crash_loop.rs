@@ -70,7 +70,7 @@ impl Backoff {
     }
 
     /// The crash loop, while the component is in one: replicas failed more than once and none
-    /// has become ready since. Held requests are then answered with it instead of waiting.
+    /// has become ready since (what the status shows).
     pub fn crash_loop(&self, now: Instant) -> Option<CrashLoop> {
         if self.failures < 2 || self.recovered {
             return None;
@@ -82,6 +82,13 @@ impl Backoff {
                 .not_before
                 .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64),
         })
+    }
+
+    /// The crash loop while no replica may start: requests are answered with it instead of
+    /// held. Once the wait is over they are held again, so that a request can bring the next
+    /// attempt (a component at zero would otherwise never try again).
+    pub fn refusing(&self, now: Instant) -> Option<CrashLoop> {
+        self.crash_loop(now).filter(|_| !self.may_start(now))
     }
 }
 
@@ -121,6 +128,15 @@ mod tests {
         assert!(!b.may_start(t0 + 5 * S));
         assert_eq!(b.next_start(t0 + 5 * S), Some(t0 + 11 * S));
         assert!(b.may_start(t0 + 11 * S));
+        assert!(b.refusing(t0 + 5 * S).is_some());
+        assert!(
+            b.refusing(t0 + 11 * S).is_none(),
+            "the next attempt may come"
+        );
+        assert!(
+            b.crash_loop(t0 + 11 * S).is_some(),
+            "still shown until a replica is ready"
+        );
         let c = b.crash_loop(t0 + 5 * S).unwrap();
         assert_eq!(
             (c.failures, c.retry_in_ms, c.last_error.as_str()),

@@ -316,9 +316,10 @@ fn reap(c: &Component) {
     }
 }
 
-/// Tells held requests (through the pool) when the component enters or leaves a crash loop.
+/// Tells held requests (through the pool) when the component is crash-looping and no replica
+/// may start yet, and when a start is allowed again.
 fn publish_crash_loop(c: &Component, now: Instant) {
-    let current = c.backoff.lock().crash_loop(now);
+    let current = c.backoff.lock().refusing(now);
     c.crash_loop.send_if_modified(|old| {
         let same = match (old.as_ref(), current.as_ref()) {
             (Some(a), Some(b)) => (a.failures, &a.last_error) == (b.failures, &b.last_error),

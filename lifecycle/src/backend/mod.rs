@@ -78,8 +78,9 @@ pub trait ReplicaBackend: Send + Sync + 'static {
     fn endpoints(&self, key: &ComponentKey)
     -> Result<watch::Receiver<Vec<Endpoint>>, BackendError>;
     fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError>;
-    /// Whether the component is in a crash loop; held requests are answered with it rather than
-    /// held to their deadline. A backend that cannot tell never reports one.
+    /// Whether the component is in a crash loop and waiting out its backoff; held requests are
+    /// answered with it rather than held to their deadline. A backend that cannot tell never
+    /// reports one.
     fn crash_loop(
         &self,
         key: &ComponentKey,

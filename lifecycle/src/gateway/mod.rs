@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use self::body::{LeasedBody, RequestBody};
@@ -35,6 +35,7 @@ const MAX_BODY: usize = 64 << 20;
 /// The live page: polls `/siesta/status` each second and plots replicas and demand per component.
 const DASHBOARD: &str = include_str!("dashboard.html");
 const ATTEMPTS: usize = 3;
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// The components of one InferenceService: where requests enter, and the predictor (which the
 /// transformer calls back through the gateway).
@@ -110,7 +111,12 @@ impl Gateway {
         connector.set_nodelay(true);
         Gateway {
             routes,
-            client: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            // Idle pooled connections go before a replica's header read timeout (10 s by
+            // default) closes them: a request never lands on a connection being closed.
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .build(connector.clone()),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build(connector),
