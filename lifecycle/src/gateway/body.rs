@@ -62,6 +62,37 @@ impl RequestBody {
     }
 }
 
+/// A request body across the attempts of one request (both protocols): unread until a replica
+/// slot is ours, then kept (short: each attempt sends it again) or streamed (long: once).
+pub enum Outgoing {
+    Unread(Body),
+    Kept(Bytes),
+    Streamed,
+}
+
+impl Outgoing {
+    /// The body for the next attempt; `None` once a streamed body has been sent, which cannot
+    /// be sent again.
+    pub async fn next(
+        &mut self,
+        declared: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Body>, GatewayError> {
+        let kept = |this: &mut Self, b: Bytes| {
+            *this = Outgoing::Kept(b.clone());
+            Some(Body::from(b))
+        };
+        match std::mem::replace(self, Outgoing::Streamed) {
+            Outgoing::Kept(b) => Ok(kept(self, b)),
+            Outgoing::Unread(b) => match RequestBody::read(b, declared, limit).await? {
+                RequestBody::Whole(b) => Ok(kept(self, b)),
+                RequestBody::Streaming(p) => Ok(Some(Body::new(p))),
+            },
+            Outgoing::Streamed => Ok(None),
+        }
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The frames already read, then the rest of the client's body.
@@ -149,6 +180,19 @@ mod tests {
         let all = Body::new(p).collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), RETRY_BUFFER + 3);
         assert_eq!(&all[RETRY_BUFFER..], b"xyz");
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_is_sent_on_every_attempt_and_a_streamed_one_once() {
+        let mut short = Outgoing::Unread(chunked(vec![b"ab", b"cd"]));
+        for _ in 0..2 {
+            let b = short.next(None, 1 << 20).await.unwrap().unwrap();
+            assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
+        }
+        static BIG: [u8; RETRY_BUFFER + 1] = [7; RETRY_BUFFER + 1];
+        let mut long = Outgoing::Unread(chunked(vec![&BIG]));
+        assert!(long.next(None, 1 << 20).await.unwrap().is_some());
+        assert!(long.next(None, 1 << 20).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::body::{LeasedBody, RequestBody};
+use super::body::{LeasedBody, Outgoing};
 use super::error::GatewayError;
 use super::forwarded;
 use super::pool::Pool;
@@ -94,7 +94,7 @@ async fn route_and_call(
     match gw.route_by_host(&parts.uri, &parts.headers) {
         // Routed by `:authority`: the message stays in the socket while the call is held.
         HostRoute::Found(pool, timeout) => {
-            call(gw, &pool, timeout, parts, Message::Unread(body)).await
+            call(gw, &pool, timeout, parts, Outgoing::Unread(body)).await
         }
         HostRoute::OtherNamespace => Err(GatewayError::NoRoute(format!(
             "{} in the namespace the authority names",
@@ -112,17 +112,9 @@ async fn route_and_call(
                         model_name(&body).unwrap_or("?")
                     ))
                 })?;
-            call(gw, &pool, timeout, parts, Message::Read(body)).await
+            call(gw, &pool, timeout, parts, Outgoing::Kept(body)).await
         }
     }
-}
-
-/// A call's request body: still in the socket, read (to find its route, or because it is
-/// short enough to keep for a retry), or streaming to the replica that has it.
-enum Message {
-    Unread(Body),
-    Read(Bytes),
-    Streamed,
 }
 
 async fn read_message(body: Body) -> Result<Bytes, GatewayError> {
@@ -138,7 +130,7 @@ async fn call(
     pool: &Arc<Pool>,
     timeout: Duration,
     parts: axum::http::request::Parts,
-    mut message: Message,
+    mut message: Outgoing,
 ) -> Result<Response, GatewayError> {
     let demand = pool.arrive();
     let arrived = Instant::now();
@@ -146,29 +138,14 @@ async fn call(
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = pool.acquire(deadline, &tried).await?;
-        let body = match std::mem::replace(&mut message, Message::Streamed) {
-            Message::Read(b) => {
-                message = Message::Read(b.clone());
-                Body::from(b)
-            }
-            Message::Unread(b) => {
-                match tokio::time::timeout_at(deadline, RequestBody::read(b, None, MAX_BODY))
-                    .await
-                    .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??
-                {
-                    RequestBody::Whole(b) => {
-                        message = Message::Read(b.clone());
-                        Body::from(b)
-                    }
-                    RequestBody::Streaming(p) => Body::new(p),
-                }
-            }
-            Message::Streamed => {
-                return Err(GatewayError::Upstream {
-                    replica: tried.join(", "),
-                    reason: "connection refused, and the message had already been streamed".into(),
-                });
-            }
+        let Some(body) = tokio::time::timeout_at(deadline, message.next(None, MAX_BODY))
+            .await
+            .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??
+        else {
+            return Err(GatewayError::Upstream {
+                replica: tried.join(", "),
+                reason: "connection refused, and the message had already been streamed".into(),
+            });
         };
         let addr = lease
             .grpc

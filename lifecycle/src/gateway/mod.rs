@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use self::body::{LeasedBody, RequestBody};
+use self::body::{LeasedBody, Outgoing};
 use self::error::GatewayError;
 use self::pool::Pool;
 
@@ -167,9 +167,10 @@ impl Gateway {
             .or_else(|| uri.host())
             .unwrap_or_default();
         let host = host.split(':').next().unwrap_or_default();
-        let labels: Vec<&str> = host.split('.').collect();
-        let first = labels[0];
-        let namespace = (labels.len() >= 3).then(|| labels[1]);
+        let mut labels = host.split('.');
+        let first = labels.next().unwrap_or_default();
+        let second = labels.next();
+        let namespace = second.filter(|_| labels.next().is_some());
         let in_namespace = |r: &Route| namespace.is_none_or(|ns| ns == r.namespace);
         // The whole name first: a service may itself end in "-transformer" (scenario 5's
         // `torch-transformer`).
@@ -262,32 +263,20 @@ async fn forward_rest(
         // Refused before it is held, let alone read.
         return Err(GatewayError::TooLarge { limit: MAX_BODY });
     }
-    let mut unread = Some(body);
-    let mut whole: Option<Bytes> = None;
+    let mut outgoing = Outgoing::Unread(body);
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = pool.acquire(deadline, &tried).await?;
         let held = arrived.elapsed();
-        let upstream_body = match (unread.take(), &whole) {
-            (Some(b), _) => {
-                match tokio::time::timeout_at(deadline, RequestBody::read(b, declared, MAX_BODY))
-                    .await
-                    .map_err(|_| timed_out())??
-                {
-                    RequestBody::Whole(b) => {
-                        whole = Some(b.clone());
-                        Body::from(b)
-                    }
-                    RequestBody::Streaming(p) => Body::new(p),
-                }
-            }
-            (None, Some(b)) => Body::from(b.clone()),
-            (None, None) => {
-                return Err(GatewayError::Upstream {
-                    replica: tried.join(", "),
-                    reason: "connection refused, and the body had already been streamed".into(),
-                });
-            }
+        let Some(upstream_body) =
+            tokio::time::timeout_at(deadline, outgoing.next(declared, MAX_BODY))
+                .await
+                .map_err(|_| timed_out())??
+        else {
+            return Err(GatewayError::Upstream {
+                replica: tried.join(", "),
+                reason: "connection refused, and the body had already been streamed".into(),
+            });
         };
         let uri = format!(
             "http://{}{}",
