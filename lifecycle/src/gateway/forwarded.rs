@@ -18,10 +18,20 @@ pub enum Verdict {
 
 /// KServe V1 and Open Inference Protocol V2 (with Triton's read-only model extensions).
 pub fn rest(method: &Method, path: &str) -> Verdict {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    // On every request: the segments in a fixed array, no allocation. The longest route has 7.
+    let mut buf = [""; 8];
+    let mut n = 0;
+    for segment in path.trim_end_matches('/').split('/').skip(1) {
+        let Some(slot) = buf.get_mut(n) else {
+            return Verdict::Unknown;
+        };
+        *slot = segment;
+        n += 1;
+    }
+    let segments = &buf[..n];
     let get = method == Method::GET;
     let post = method == Method::POST;
-    match segments.as_slice() {
+    match segments {
         ["v1", "models"] if get => Verdict::Forward,
         ["v1", "models", name] => match name.rsplit_once(':') {
             None if get => Verdict::Forward,
@@ -134,6 +144,7 @@ mod tests {
             (Method::POST, "/v1/models/m:unload"),
             (Method::GET, "/v2/models/mnist/versions/1/x"),
             (Method::GET, "/v3/everything"),
+            (Method::POST, "/v2/models/m/versions/1/infer/a/b/c/d"),
         ] {
             assert_eq!(rest(&m, p), Verdict::Unknown, "{m} {p}");
         }
