@@ -15,19 +15,8 @@ use crate::UpArgs;
 
 pub async fn run(a: UpArgs) -> Result<()> {
     let defaults = a.scaling.defaults()?;
-    let mut services = Vec::new();
-    for file in &a.files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let parsed =
-            manifest::parse(&text, &defaults).with_context(|| format!("in {}", file.display()))?;
-        for isvc in &parsed {
-            for path in &isvc.ignored {
-                tracing::warn!(service = %isvc.name, field = %path, "field has no effect in Siesta");
-            }
-        }
-        services.extend(parsed);
-    }
+    let services = manifest::files::read(&a.files, &defaults)?;
+    let watch = manifest::files::Watch::new(a.files.clone(), defaults.clone());
     let mut replica_args = vec!["--device".to_string(), a.device.to_string()];
     for (from, to) in &a.storage_mirror {
         replica_args.extend(["--storage-mirror".to_string(), format!("{from}={to}")]);
@@ -57,6 +46,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         gpus,
         gpu_memory,
         connections: a.connections.limits(),
+        watch: Some(watch),
         metrics: {
             let handle = siesta_runtime::metrics::install();
             Arc::new(move || handle.render())

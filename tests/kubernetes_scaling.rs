@@ -420,5 +420,48 @@ async fn a_deployment_scales_from_zero_to_five_under_hey_and_back_to_zero_losing
         .filter(|(m, p)| m == "PATCH" && p.ends_with("/deployments/flowers-sample-predictor/scale"))
         .count();
     assert!(scale_patches >= 4, "0, 1, up to 5, 0, 1: {scale_patches}");
+
+    // A spec change while a request is held at zero: the gateway applies it in place, so the
+    // request is still served (before, the service was reinstalled and the held request waited
+    // for its timeout on a pool nobody served any more).
+    cluster
+        .wait_for("zero again", Duration::from_secs(40), |c, d| {
+            c["ready"] == 0 && d["status"]["replicas"] == 0
+        })
+        .await;
+    let held = tokio::spawn({
+        let url = url.clone();
+        let body = std::fs::read(&body).unwrap();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        }
+    });
+    cluster
+        .wait_for("a held request", Duration::from_secs(10), |c, _| {
+            c["waiting"] == 1
+        })
+        .await;
+    cluster.api.edit(&isvc_path(), |isvc| {
+        isvc["spec"]["predictor"]["containerConcurrency"] = json!(2);
+        isvc["metadata"]["generation"] = json!(2);
+    });
+    let r = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the held request is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cluster
+        .wait_for(
+            "the new spec in the gateway",
+            Duration::from_secs(10),
+            |c, _| c["container_concurrency"] == 2,
+        )
+        .await;
     cluster.stop().await;
 }

@@ -3,131 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::up::Up;
 use serde_json::Value;
-use siesta_lifecycle::backend::Listening;
-
-struct Up {
-    child: Child,
-    gateway: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Up {
-    fn start(manifest: &str) -> Up {
-        Self::start_with(manifest, &[])
-    }
-
-    fn start_with(manifest: &str, extra: &[&str]) -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("isvc.yaml");
-        std::fs::write(&file, manifest).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siesta"))
-            .args([
-                "up",
-                file.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ])
-            .args([
-                "--stable-window",
-                "6s",
-                "--scale-to-zero-grace",
-                "1s",
-                "--tick",
-                "200ms",
-            ])
-            .args(if extra.contains(&"--device") {
-                &[][..]
-            } else {
-                &["--device", "cpu"][..]
-            })
-            .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let gateway = line.parse::<Listening>().expect("the listening line").http;
-        Up {
-            child,
-            gateway: format!("http://{gateway}"),
-            _dir: dir,
-        }
-    }
-
-    async fn status(&self) -> Value {
-        let s: Value = reqwest::get(format!("{}/siesta/status", self.gateway))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        s["components"][0].clone()
-    }
-
-    async fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.status().await;
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not reached within {limit:?}: {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "siesta up exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "siesta up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // A failed test still stops the replicas: SIGTERM lets `up` drain them.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            for _ in 0..200 {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-    }
-}
 
 const SCENARIO_1_AND_4: &str = "
 apiVersion: serving.kserve.io/v1beta1
@@ -878,12 +758,12 @@ spec:
         "{later}"
     );
     // One log file per replica slot, each attempt appended to it.
-    let logs: Vec<_> = std::fs::read_dir(up._dir.path().join("logs"))
+    let logs: Vec<_> = std::fs::read_dir(up.dir.path().join("logs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(logs, ["broken-predictor-1.log"], "{logs:?}");
-    let log = std::fs::read_to_string(up._dir.path().join("logs/broken-predictor-1.log")).unwrap();
+    let log = std::fs::read_to_string(up.dir.path().join("logs/broken-predictor-1.log")).unwrap();
     assert!(log.matches("--- siesta: replica").count() >= 2, "{log}");
     up.stop();
 }
@@ -959,4 +839,74 @@ spec:
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_spec_change_keeps_held_requests_and_replaces_the_replicas() {
+    // A model store that accepts connections and never answers: the first replica stays
+    // loading, so the request stays held until the spec changes.
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store_addr = store.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in store.incoming().take(16) {
+            open.push(c);
+        }
+    });
+    let spec = |uri: &str| {
+        format!(
+            "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: changing}}
+spec:
+  predictor:
+    minReplicas: 0
+    model: {{modelFormat: {{name: siesta}}, storageUri: '{uri}'}}
+"
+        )
+    };
+    let up = Up::start(&spec(&format!("http://{store_addr}/model/config.json")));
+    let (img, label) = held_out_digit();
+    let url = format!("{}/v2/models/changing/infer", up.gateway);
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(common::mnist_v2_body(&[img]).to_string())
+            .send()
+            .await
+    });
+    up.wait_for("a held request", Duration::from_secs(10), |s| {
+        s["waiting"] == 1 && s["starting"] == 1
+    })
+    .await;
+    // As `kubectl apply` would: the file is replaced whole, now with a model that loads.
+    let staged = up.dir.path().join("isvc.yaml.new");
+    std::fs::write(&staged, spec("siesta://mnist")).unwrap();
+    std::fs::rename(&staged, up.dir.path().join("isvc.yaml")).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the held request is answered once the new spec's replica is ready")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    let scores: Vec<f64> = out["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let argmax = (0..scores.len())
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    assert_eq!(argmax as u8, label);
+    // The stuck replica of the old spec was stopped, not left loading beside the new one.
+    let s = up
+        .wait_for("one replica", Duration::from_secs(10), |s| {
+            s["ready"] == 1 && s["starting"] == 0
+        })
+        .await;
+    assert_eq!(s["endpoints"][0]["replica"], "changing-predictor-2", "{s}");
+    up.stop();
 }

@@ -80,6 +80,22 @@ impl Services {
             if installed.get(&id).is_some_and(|i| i.fingerprint == fp) {
                 continue;
             }
+            // A new spec for the same components keeps the pools and what they hold; the
+            // controller rolls the Deployments.
+            if let Some(current) = installed.get_mut(&id) {
+                match self.update(&id, obj, current) {
+                    Ok(true) => {
+                        current.fingerprint = fp;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(namespace = %id.0, service = %id.1, error = %e,
+                            "the new spec is not served; keeping the last one (the controller's status says why)");
+                        continue;
+                    }
+                }
+            }
             if let Some(old) = installed.remove(&id) {
                 self.uninstall(&id, old);
             }
@@ -111,12 +127,11 @@ impl Services {
         }
     }
 
-    fn install(
+    fn checked(
         &self,
         (ns, name): &(String, String),
         obj: &DynamicObject,
-        fingerprint: String,
-    ) -> Result<Installed, manifest::ManifestError> {
+    ) -> Result<manifest::InferenceService, manifest::ManifestError> {
         let doc = json!({
             "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()),
             "kind": "InferenceService",
@@ -124,14 +139,52 @@ impl Services {
                          "annotations": obj.metadata.annotations.clone().unwrap_or_default()},
             "spec": obj.data["spec"],
         });
-        let isvc = manifest::from_json(doc, &self.defaults)?;
+        manifest::from_json(doc, &self.defaults)
+    }
+
+    /// The new spec in place (`Ok(false)`: its components changed, so it is installed anew).
+    fn update(
+        &self,
+        id: &(String, String),
+        obj: &DynamicObject,
+        current: &mut Installed,
+    ) -> Result<bool, manifest::ManifestError> {
+        let isvc = self.checked(id, obj)?;
+        let updated = current.service.update(
+            &isvc,
+            Arc::new(self.backend.clone()),
+            self.settings(),
+            // The components' Deployments are the controller's to change.
+            |_, _| Ok::<_, manifest::ManifestError>(()),
+        )?;
+        if updated {
+            self.routes
+                .write()
+                .insert(id.1.clone(), current.service.route.clone());
+            tracing::info!(namespace = %id.0, service = %id.1, "spec changed; applied in place");
+        }
+        Ok(updated)
+    }
+
+    fn settings(&self) -> InstallSettings {
+        InstallSettings {
+            hold_limit: self.hold_limit,
+            enable_scale_to_zero: self.defaults.enable_scale_to_zero,
+        }
+    }
+
+    fn install(
+        &self,
+        id: &(String, String),
+        obj: &DynamicObject,
+        fingerprint: String,
+    ) -> Result<Installed, manifest::ManifestError> {
+        let (ns, name) = id;
+        let isvc = self.checked(id, obj)?;
         let service = install_service(
             &isvc,
             Arc::new(self.backend.clone()),
-            InstallSettings {
-                hold_limit: self.hold_limit,
-                enable_scale_to_zero: self.defaults.enable_scale_to_zero,
-            },
+            self.settings(),
             |key, _| {
                 self.backend.register_in(ns, key);
                 Ok::<_, manifest::ManifestError>(())
@@ -149,7 +202,7 @@ impl Services {
 
     fn uninstall(&self, (ns, name): &(String, String), old: Installed) {
         self.routes.write().remove(name);
-        old.service.stop();
+        old.service.remove();
         for k in &old.service.keys {
             self.backend.forget(k);
         }

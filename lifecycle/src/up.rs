@@ -6,21 +6,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use crate::backend::gpu::GpuInventory;
 use crate::backend::local::LocalBackend;
 use crate::backend::{ReplicaBackend, ReplicaTemplate};
 use crate::gateway::install::{InstallSettings, InstalledService, install_service};
-use crate::gateway::pool::Pool;
 use crate::gateway::trace::TraceRecorder;
-use crate::gateway::{self, BindError, Gateway, MetricsRender};
-use crate::manifest::{Component, InferenceService};
+use crate::gateway::{self, BindError, Gateway, MetricsRender, Routes};
+use crate::manifest::{self, Component, InferenceService};
 use crate::replica::{self, Replica, Role, Site};
 use crate::status::{StatusDocument, Watched};
 
 /// How long the gateway waits for open client connections once shutdown begins.
 const GATEWAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-#[derive(Clone)]
 pub struct UpConfig {
     pub services: Vec<InferenceService>,
     pub addr: SocketAddr,
@@ -40,6 +40,8 @@ pub struct UpConfig {
     pub gpu_memory: GpuMemoryEstimate,
     /// Header read timeout and HTTP/2 limits of the gateway's port.
     pub connections: siesta_http_server::ConnectionLimits,
+    /// The files `services` came from, followed for changes; `None`: served as given.
+    pub watch: Option<manifest::files::Watch>,
 }
 
 /// One model replica's GPU memory, from its `storageUri`; `None` when replicas run on CPU.
@@ -106,7 +108,7 @@ fn template(
 }
 
 /// Starts replicas, autoscalers and the gateway; returns when `shutdown` resolves, after every
-/// replica has drained.
+/// replica has drained. While it runs, a change to the manifest files is applied in place.
 pub async fn run(
     cfg: UpConfig,
     on_listening: impl FnOnce(SocketAddr),
@@ -119,40 +121,41 @@ pub async fn run(
     ));
     // Bound before the replicas are described: transformers call the predictor through it.
     let (listener, addr) = gateway::bind(cfg.addr).await?;
-    let mut routes = HashMap::new();
-    let mut all_pools: Vec<Watched> = Vec::new();
-    let mut installed = Vec::new();
-    let settings = InstallSettings {
-        hold_limit: cfg.hold_limit,
-        enable_scale_to_zero: cfg.enable_scale_to_zero,
-    };
+    let served = Arc::new(Served {
+        backend: backend.clone(),
+        routes: Routes::default(),
+        installed: Mutex::new(HashMap::new()),
+        settings: InstallSettings {
+            hold_limit: cfg.hold_limit,
+            enable_scale_to_zero: cfg.enable_scale_to_zero,
+        },
+        replica_args: cfg.replica_args.clone(),
+        gpu_memory: cfg.gpu_memory.clone(),
+        gateway: addr,
+    });
+    let mut names = std::collections::HashSet::new();
     for isvc in &cfg.services {
-        if routes.contains_key(&isvc.name) {
+        if !names.insert(&isvc.name) {
             return Err(UpError::Duplicate(isvc.name.clone()));
         }
-        let dyn_backend: Arc<dyn ReplicaBackend> = backend.clone();
-        let service = install_service(isvc, dyn_backend, settings, |key, c| {
-            let t = template(isvc, c, &cfg.replica_args, &cfg.gpu_memory, addr)?;
-            backend.register(key, t);
-            Ok::<_, UpError>(())
-        });
-        let service = match service {
-            Ok(s) => s,
-            Err(e) => {
-                installed.iter().for_each(InstalledService::stop);
-                return Err(e);
-            }
-        };
-        routes.insert(isvc.name.clone(), service.route.clone());
-        all_pools.extend(service.watched.iter().cloned());
-        installed.push(service);
+    }
+    for isvc in &cfg.services {
+        if let Err(e) = served.install(isvc) {
+            served.installed.lock().values().for_each(|(_, s)| s.stop());
+            return Err(e);
+        }
     }
     on_listening(addr);
-    let pools: Vec<Arc<Pool>> = all_pools.iter().map(|(p, _)| p.clone()).collect();
-    let status_backend = backend.clone();
+    let watcher = cfg.watch.map(|w| tokio::spawn(follow(w, served.clone())));
+    let status_served = served.clone();
     let status_gpus = cfg.gpus.clone();
     let status = Arc::new(move || {
-        StatusDocument::read(&all_pools, status_backend.as_ref(), status_gpus.as_deref())
+        let watched = status_served.watched();
+        StatusDocument::read(
+            &watched,
+            status_served.backend.as_ref(),
+            status_gpus.as_deref(),
+        )
     });
     if let Some(inventory) = cfg.gpus.clone() {
         tokio::spawn(export_gpu_metrics(inventory, backend.clone()));
@@ -164,12 +167,17 @@ pub async fn run(
         })?),
         None => None,
     };
-    let app = Gateway::new(routes, cfg.metrics.clone(), status, recorder).router();
+    let app =
+        Gateway::with_routes(served.routes.clone(), cfg.metrics.clone(), status, recorder).router();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let closing = served.clone();
     let server = siesta_http_server::serve(listener, app, cfg.connections, async move {
         shutdown.await;
+        if let Some(w) = &watcher {
+            w.abort();
+        }
         // Held requests are answered (503) rather than cut off with their connections.
-        pools.iter().for_each(|p| p.close());
+        closing.watched().iter().for_each(|(p, _)| p.close());
         let _ = stopping_tx.send(true);
     });
     // Graceful shutdown waits for every client connection to close, and a gRPC client may keep
@@ -185,9 +193,139 @@ pub async fn run(
             GATEWAY_DRAIN.as_secs()
         ),
     }
-    installed.iter().for_each(InstalledService::stop);
+    served.installed.lock().values().for_each(|(_, s)| s.stop());
     backend.shutdown().await;
     Ok(())
+}
+
+/// The InferenceServices being served, as the manifest files last said.
+struct Served {
+    backend: Arc<LocalBackend>,
+    routes: Routes,
+    /// By name: the spec as installed, and what serves it.
+    installed: Mutex<HashMap<String, (InferenceService, InstalledService)>>,
+    settings: InstallSettings,
+    replica_args: Vec<String>,
+    gpu_memory: GpuMemoryEstimate,
+    gateway: SocketAddr,
+}
+
+impl Served {
+    fn template(&self, isvc: &InferenceService, c: &Component) -> Result<ReplicaTemplate, UpError> {
+        template(isvc, c, &self.replica_args, &self.gpu_memory, self.gateway)
+    }
+
+    fn install(&self, isvc: &InferenceService) -> Result<(), UpError> {
+        let backend: Arc<dyn ReplicaBackend> = self.backend.clone();
+        let service = install_service(isvc, backend, self.settings, |key, c| {
+            let t = self.template(isvc, c)?;
+            self.backend.register(key, t);
+            Ok::<_, UpError>(())
+        })?;
+        self.routes
+            .write()
+            .insert(isvc.name.clone(), service.route.clone());
+        self.installed
+            .lock()
+            .insert(isvc.name.clone(), (isvc.clone(), service));
+        Ok(())
+    }
+
+    fn watched(&self) -> Vec<Watched> {
+        let installed = self.installed.lock();
+        let mut services: Vec<&(InferenceService, InstalledService)> = installed.values().collect();
+        services.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        services
+            .iter()
+            .flat_map(|(_, s)| s.watched.iter().cloned())
+            .collect()
+    }
+
+    /// Makes the served services what `services` says: a changed one keeps its pools (and so
+    /// its held requests) and rolls its replicas; a new one is installed; a removed one stops
+    /// routing, answers what it held, and scales to zero. A service whose new spec cannot be
+    /// served keeps its old one.
+    fn apply(&self, services: &[InferenceService]) {
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = services.iter().find(|s| !names.insert(s.name.as_str())) {
+            tracing::error!(service = %dup.name, "two InferenceServices of this name; the change is not applied");
+            return;
+        }
+        for isvc in services {
+            let result = match self.installed.lock().get_mut(&isvc.name) {
+                Some((old, _)) if old == isvc => continue,
+                Some((old, service)) => {
+                    let backend: Arc<dyn ReplicaBackend> = self.backend.clone();
+                    let updated = service.update(isvc, backend, self.settings, |key, c| {
+                        let t = self.template(isvc, c)?;
+                        self.backend
+                            .reconfigure(key, t)
+                            .map_err(|e| UpError::Unsupported {
+                                service: isvc.name.clone(),
+                                reason: e.to_string(),
+                            })
+                    });
+                    if let Ok(true) = updated {
+                        *old = isvc.clone();
+                        self.routes
+                            .write()
+                            .insert(isvc.name.clone(), service.route.clone());
+                        tracing::info!(service = %isvc.name, "spec changed; applied in place");
+                    }
+                    updated
+                }
+                None => Ok(false),
+            };
+            match result {
+                Ok(true) => {}
+                // New, or its components changed (a transformer added or removed).
+                Ok(false) => {
+                    self.remove(&isvc.name);
+                    match self.install(isvc) {
+                        Ok(()) => tracing::info!(service = %isvc.name, "serving"),
+                        Err(e) => tracing::error!(service = %isvc.name, error = %e, "not served"),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(service = %isvc.name, error = %e, "the new spec is not applied")
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .installed
+            .lock()
+            .keys()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+            tracing::info!(service = %name, "no longer in the manifests; scaled to zero");
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        let Some((_, service)) = self.installed.lock().remove(name) else {
+            return;
+        };
+        self.routes.write().remove(name);
+        service.remove();
+        for key in &service.keys {
+            let _ = self.backend.scale(key, 0);
+        }
+    }
+}
+
+/// Applies every change of the manifest files until aborted.
+async fn follow(mut watch: manifest::files::Watch, served: Arc<Served>) {
+    loop {
+        match watch.changed().await {
+            Ok(services) => served.apply(&services),
+            Err(e) => {
+                tracing::error!(error = %e, "the manifests changed but cannot be used; serving the last good ones")
+            }
+        }
+    }
 }
 
 /// NVML's view as Prometheus gauges every 2 s: free memory and load per GPU, and the device

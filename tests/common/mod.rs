@@ -1,6 +1,8 @@
 //! Starts the real `siesta` binary on free ports and stops it by PID.
 #![allow(dead_code)]
 
+pub mod up;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::crash_loop::{Backoff, CrashLoop};
 use super::gpu::{GpuInventory, place};
+use super::rollout::{self, Seen};
 use super::{
     BackendError, BackendStatus, ComponentKey, Endpoint, Listening, ReplicaBackend, ReplicaTemplate,
 };
@@ -49,7 +50,8 @@ struct Inner {
 
 struct Component {
     key: ComponentKey,
-    template: ReplicaTemplate,
+    /// The current spec's template and its generation; replicas of older ones are rolled.
+    template: Mutex<(u64, ReplicaTemplate)>,
     desired: watch::Sender<u32>,
     endpoints: watch::Sender<Vec<Endpoint>>,
     replicas: Mutex<Vec<Replica>>,
@@ -67,6 +69,8 @@ enum Phase {
 
 struct Replica {
     id: String,
+    /// The template generation it was started from.
+    generation: u64,
     /// Its log file's number: the lowest free among the component's live replicas.
     slot: usize,
     log: PathBuf,
@@ -113,6 +117,22 @@ impl LocalBackend {
             .collect()
     }
 
+    /// A component's new spec: replicas started from now on use `template`, and the running
+    /// ones are replaced one at a time (`rollout`) without dropping below the wanted count.
+    pub fn reconfigure(
+        &self,
+        key: &ComponentKey,
+        template: ReplicaTemplate,
+    ) -> Result<(), BackendError> {
+        let c = self.component(key)?;
+        let mut current = c.template.lock();
+        if current.1 != template {
+            *current = (current.0 + 1, template);
+            tracing::info!(component = %key, generation = current.0, "new spec; rolling replicas");
+        }
+        Ok(())
+    }
+
     fn component(&self, key: &ComponentKey) -> Result<Arc<Component>, BackendError> {
         self.inner
             .components
@@ -125,9 +145,14 @@ impl LocalBackend {
 
 impl ReplicaBackend for LocalBackend {
     fn register(&self, key: &ComponentKey, template: ReplicaTemplate) {
+        // Known already (a service removed from the manifests and added again): its
+        // supervisor, replicas and endpoints stay; only the spec is new.
+        if self.reconfigure(key, template.clone()).is_ok() {
+            return;
+        }
         let component = Arc::new(Component {
             key: key.clone(),
-            template,
+            template: Mutex::new((0, template)),
             desired: watch::channel(0).0,
             endpoints: watch::channel(Vec::new()).0,
             replicas: Mutex::new(Vec::new()),
@@ -243,17 +268,28 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         c.backoff.lock().observe(now, any_ready);
         publish_crash_loop(&c, now);
         let want = *desired.borrow_and_update() as usize;
-        let live: Vec<usize> = {
+        let generation = c.template.lock().0;
+        let (live, seen): (Vec<usize>, Vec<Seen>) = {
             let replicas = c.replicas.lock();
             (0..replicas.len())
                 .filter(|&i| replicas[i].phase != Phase::Stopping)
-                .collect()
+                .map(|i| {
+                    let r = &replicas[i];
+                    let seen = Seen {
+                        current: r.generation == generation,
+                        ready: matches!(r.phase, Phase::Ready(..)),
+                    };
+                    (i, seen)
+                })
+                .unzip()
         };
+        let plan = rollout::plan(want, &seen);
+        stop(&c, plan.stop.iter().map(|&i| live[i]));
         let backing_off = c.backoff.lock().next_start(now);
-        if live.len() < want && backing_off.is_some() {
+        if plan.start > 0 && backing_off.is_some() {
             *c.pending.lock() = None;
-        } else if live.len() < want {
-            for _ in live.len()..want {
+        } else if plan.start > 0 {
+            for _ in 0..plan.start {
                 match start_replica(&inner, &c) {
                     Ok(()) => *c.pending.lock() = None,
                     Err(StartError::Pending(reason)) => {
@@ -271,9 +307,6 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
             }
         } else {
             *c.pending.lock() = None;
-            if live.len() > want {
-                stop_extra(&c, live.len() - want);
-            }
         }
         publish(&c);
         if *stopping.borrow() && want == 0 && c.replicas.lock().is_empty() {
@@ -376,35 +409,35 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Stops `n` replicas: starting ones first (they serve nobody yet), then the newest ready ones.
-fn stop_extra(c: &Component, n: usize) {
-    let mut replicas = c.replicas.lock();
-    let mut order: Vec<usize> = (0..replicas.len())
-        .filter(|&i| replicas[i].phase != Phase::Stopping)
-        .collect();
-    order.sort_by_key(|&i| {
-        (
-            matches!(replicas[i].phase, Phase::Ready(..)),
-            std::cmp::Reverse(i),
-        )
-    });
-    for &i in order.iter().take(n) {
-        let r = &mut replicas[i];
-        r.phase = Phase::Stopping;
-        if let Some(pid) = r.child.id() {
-            // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+/// Stops the replicas at these indices (the rollout plan's choice). The gateway stops sending
+/// them requests before they are told to drain, so that none lands on a closing connection.
+fn stop(c: &Component, indices: impl Iterator<Item = usize>) {
+    let mut pids = Vec::new();
+    {
+        let mut replicas = c.replicas.lock();
+        for i in indices {
+            let r = &mut replicas[i];
+            r.phase = Phase::Stopping;
+            pids.extend(r.child.id());
+            tracing::info!(component = %c.key, replica = %r.id, "stopping replica");
         }
-        tracing::info!(component = %c.key, replica = %r.id, "stopping replica");
+    }
+    if pids.is_empty() {
+        return;
+    }
+    publish(c);
+    for pid in pids {
+        // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
 /// The GPU for a new replica of `c`, if it wants one and this host has any.
-fn choose_gpu(inner: &Inner, c: &Component) -> Result<Option<(u32, u64)>, StartError> {
-    let (Some(need), Some(inventory)) = (c.template.gpu_memory_bytes, &inner.gpus) else {
+fn choose_gpu(inner: &Inner, template: &ReplicaTemplate) -> Result<Option<(u32, u64)>, StartError> {
+    let (Some(need), Some(inventory)) = (template.gpu_memory_bytes, &inner.gpus) else {
         return Ok(None);
     };
     let gpus = inventory.gpus();
@@ -426,7 +459,8 @@ fn choose_gpu(inner: &Inner, c: &Component) -> Result<Option<(u32, u64)>, StartE
 }
 
 fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartError> {
-    let gpu = choose_gpu(inner, c)?;
+    let (generation, template) = c.template.lock().clone();
+    let gpu = choose_gpu(inner, &template)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
     let slot = {
@@ -451,8 +485,8 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
     let mut child = cmd
         .arg("serve")
         .args(["--replica-id", &id])
-        .args(&c.template.args)
-        .envs(c.template.env.iter().map(|(k, v)| (k, v)))
+        .args(&template.args)
+        .envs(template.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -462,6 +496,7 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
     let stdout = child.stdout.take().expect("piped stdout");
     c.replicas.lock().push(Replica {
         id: id.clone(),
+        generation,
         slot,
         log: log_path,
         child,

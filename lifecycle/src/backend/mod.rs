@@ -6,6 +6,7 @@ pub mod crash_loop;
 pub mod gpu;
 pub(crate) mod listening;
 pub(crate) mod local;
+mod rollout;
 
 pub use listening::Listening;
 

@@ -17,7 +17,7 @@ use super::body::{LeasedBody, Outgoing};
 use super::error::GatewayError;
 use super::forwarded;
 use super::pool::Pool;
-use super::{ATTEMPTS, Gateway, HostRoute, MAX_BODY};
+use super::{ATTEMPTS, Gateway, HostRoute, MAX_BODY, lost};
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -168,12 +168,7 @@ async fn call(
                 tracing::warn!(component = %pool.key, replica = %lease.replica, error = %e, "gRPC connect failed; retrying");
                 tried.push(lease.replica.clone());
             }
-            Ok(Err(e)) => {
-                return Err(GatewayError::Upstream {
-                    replica: lease.replica.clone(),
-                    reason: e.to_string(),
-                });
-            }
+            Ok(Err(e)) => return Err(lost(pool, &lease.replica, &e)),
             Ok(Ok(resp)) => {
                 metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => "grpc").increment(1);
                 let (mut head, inner) = resp.into_parts();

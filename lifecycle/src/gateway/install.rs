@@ -37,6 +37,74 @@ impl InstalledService {
             a.abort();
         }
     }
+
+    /// Stops serving it: its autoscalers stop and the requests its components hold are
+    /// answered (503) instead of waiting for replicas that no longer come.
+    pub fn remove(&self) {
+        self.stop();
+        for (pool, _) in &self.watched {
+            pool.close();
+        }
+    }
+
+    /// A new spec for the same service, applied in place: the pools (with their held
+    /// requests and demand windows) stay, `containerConcurrency`, the scaling settings and
+    /// the timeout are the new spec's, and `register` hands each component's new spec to the
+    /// backend (which rolls its replicas). `Ok(false)`: the components themselves changed (a
+    /// transformer added or removed), so the service must be installed anew.
+    pub fn update<E>(
+        &mut self,
+        isvc: &InferenceService,
+        backend: Arc<dyn ReplicaBackend>,
+        settings: InstallSettings,
+        mut register: impl FnMut(&ComponentKey, &Component) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let components = components_of(isvc);
+        if components
+            .iter()
+            .map(|c| c.kind)
+            .ne(self.keys.iter().map(|k| k.kind))
+        {
+            return Ok(false);
+        }
+        for (key, c) in self.keys.iter().zip(&components) {
+            register(key, c)?;
+        }
+        self.stop();
+        self.autoscalers.clear();
+        for ((pool, view), c) in self.watched.iter_mut().zip(&components) {
+            pool.set_container_concurrency(c.container_concurrency);
+            *view = ScalingView::of(c);
+            self.autoscalers
+                .push(spawn_autoscaler(pool, &backend, c, settings));
+        }
+        self.route.namespace = isvc.namespace.clone();
+        self.route.timeout = isvc.predictor.timeout;
+        Ok(true)
+    }
+}
+
+fn components_of(isvc: &InferenceService) -> Vec<&Component> {
+    std::iter::once(&isvc.predictor)
+        .chain(isvc.transformer.as_ref())
+        .collect()
+}
+
+fn spawn_autoscaler(
+    pool: &Arc<Pool>,
+    backend: &Arc<dyn ReplicaBackend>,
+    c: &Component,
+    settings: InstallSettings,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        LiveAutoscaler {
+            pool: pool.clone(),
+            backend: backend.clone(),
+            scaling: c.scaling.clone(),
+            enable_scale_to_zero: settings.enable_scale_to_zero,
+        }
+        .run(),
+    )
 }
 
 /// Installs `isvc`. `register` makes one component known to the backend (on one host with its
@@ -47,9 +115,7 @@ pub fn install_service<E>(
     settings: InstallSettings,
     mut register: impl FnMut(&ComponentKey, &Component) -> Result<(), E>,
 ) -> Result<InstalledService, E> {
-    let components: Vec<&Component> = std::iter::once(&isvc.predictor)
-        .chain(isvc.transformer.as_ref())
-        .collect();
+    let components = components_of(isvc);
     let keys: Vec<ComponentKey> = components
         .iter()
         .map(|c| ComponentKey {
@@ -76,15 +142,7 @@ pub fn install_service<E>(
             endpoints,
             crash_loop,
         );
-        autoscalers.push(tokio::spawn(
-            LiveAutoscaler {
-                pool: pool.clone(),
-                backend: backend.clone(),
-                scaling: c.scaling.clone(),
-                enable_scale_to_zero: settings.enable_scale_to_zero,
-            }
-            .run(),
-        ));
+        autoscalers.push(spawn_autoscaler(&pool, &backend, c, settings));
         watched.push((pool, ScalingView::of(c)));
     }
     let predictor = watched[0].0.clone();

@@ -300,12 +300,7 @@ async fn forward_rest(
                 tried.push(lease.replica.clone());
                 continue;
             }
-            Ok(Err(e)) => {
-                return Err(GatewayError::Upstream {
-                    replica: lease.replica.clone(),
-                    reason: e.to_string(),
-                });
-            }
+            Ok(Err(e)) => return Err(lost(pool, &lease.replica, &e)),
             Ok(Ok(resp)) => {
                 let (mut head, body) = resp.into_parts();
                 head.headers.remove(header::TRANSFER_ENCODING);
@@ -341,6 +336,18 @@ async fn forward_rest(
         replica: tried.join(", "),
         reason: "connection refused on every attempt".into(),
     })
+}
+
+/// A request that reached a replica which failed before answering (it died, or cut the
+/// connection). Not retried: the replica may have acted on it. Counted, so that losses can be
+/// matched against replica failures (`siesta_gateway_lost_total`).
+fn lost(pool: &Pool, replica: &str, e: &hyper_util::client::legacy::Error) -> GatewayError {
+    metrics::counter!("siesta_gateway_lost_total", "component" => pool.name.clone()).increment(1);
+    tracing::warn!(component = %pool.key, %replica, error = %e, "request lost with its replica");
+    GatewayError::Upstream {
+        replica: replica.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -55,7 +56,8 @@ pub struct Pool {
     pub key: ComponentKey,
     /// `key` rendered once: it labels metrics and traces on every request.
     pub name: String,
-    container_concurrency: u32,
+    /// Changes with the spec (`set_container_concurrency`) while requests are held.
+    container_concurrency: AtomicU32,
     hold_limit: usize,
     endpoints: watch::Receiver<Vec<Endpoint>>,
     crash_loop: watch::Receiver<Option<CrashLoop>>,
@@ -67,7 +69,7 @@ pub struct Pool {
     pub observed: Mutex<Observed>,
     started: Instant,
     /// Set when the gateway shuts down: held requests are answered, not dropped with it.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -138,7 +140,7 @@ impl Pool {
         Arc::new(Pool {
             name: key.to_string(),
             key,
-            container_concurrency,
+            container_concurrency: AtomicU32::new(container_concurrency),
             hold_limit,
             endpoints,
             crash_loop,
@@ -153,7 +155,7 @@ impl Pool {
             demand: Notify::new(),
             observed: Mutex::new(Observed::default()),
             started: Instant::now(),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -168,8 +170,13 @@ impl Pool {
 
     /// Answers every request waiting for a replica with `ShuttingDown`, and every later one.
     pub fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.closed.store(true, Ordering::Release);
+        self.freed.notify_waiters();
+    }
+
+    /// A new spec's limit: the next slot handed out obeys it, held requests stay held.
+    pub fn set_container_concurrency(&self, limit: u32) {
+        self.container_concurrency.store(limit, Ordering::Release);
         self.freed.notify_waiters();
     }
 
@@ -211,7 +218,7 @@ impl Pool {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.closed.load(Ordering::Acquire) {
                 return Err(AcquireError::ShuttingDown {
                     component: self.name.clone(),
                 });
@@ -220,7 +227,8 @@ impl Pool {
                 let current = endpoints.borrow_and_update().clone();
                 let mut st = self.state.lock();
                 sync(&mut st.trackers, &current);
-                if let Some(i) = pick(&mut st, self.container_concurrency, exclude) {
+                let container_concurrency = self.container_concurrency.load(Ordering::Acquire);
+                if let Some(i) = pick(&mut st, container_concurrency, exclude) {
                     st.trackers[i].in_flight += 1;
                     let e = st.trackers[i].endpoint.clone();
                     drop(st);
@@ -245,8 +253,8 @@ impl Pool {
                     self.demand.notify_one();
                 }
                 if waiting.is_none() {
-                    let limit = if self.container_concurrency > 0 && !st.trackers.is_empty() {
-                        10 * self.container_concurrency as usize * st.trackers.len()
+                    let limit = if container_concurrency > 0 && !st.trackers.is_empty() {
+                        10 * container_concurrency as usize * st.trackers.len()
                     } else {
                         self.hold_limit
                     };

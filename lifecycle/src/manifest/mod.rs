@@ -3,6 +3,7 @@
 //! path of anything wrong.
 
 mod autoscaling;
+pub mod files;
 pub mod raw;
 
 use std::collections::BTreeMap;
