@@ -457,6 +457,26 @@ async fn repository_index_unload_and_load() {
     assert_eq!(r.status(), 200);
     let r = server.post("/v2/repository/models/missing/load").await;
     assert_eq!(r.status(), 404);
+    // A model that fails to load says why, but not where the host keeps its files.
+    std::fs::create_dir(repo.path().join("broken")).unwrap();
+    std::fs::write(repo.path().join("broken/config.json"), "{not json").unwrap();
+    let r = server.post("/v2/repository/models/broken/load").await;
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    let dir = repo.path().to_str().unwrap();
+    assert!(error.contains("config.json"), "{error}");
+    assert!(!error.contains(dir), "{error}");
+    let index = server
+        .post("/v2/repository/index")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        index.contains("config.json") && !index.contains(dir),
+        "{index}"
+    );
     let r = server.post("/v2/repository/models/..%2Fetc/load").await;
     assert!(r.status() == 400 || r.status() == 404, "{}", r.status());
 }

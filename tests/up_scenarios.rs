@@ -727,10 +727,12 @@ spec:
     let body: Value = r.json().await.unwrap();
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("keep failing"), "{error}");
+    // The replica's own error, without the host's directories (the status keeps them).
     assert!(
-        error.contains("nonexistent"),
+        error.contains("no such path …/model"),
         "the replica's own error: {error}"
     );
+    assert!(!error.contains("/nonexistent"), "{error}");
     assert!(
         waited < Duration::from_secs(30),
         "answered after {waited:?}"

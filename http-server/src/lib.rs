@@ -4,9 +4,12 @@
 //! timeout (axum's `serve` gives hyper no timer, so it never is); an HTTP/2 connection carries
 //! a bounded number of concurrent streams and is pinged, so a dead peer is dropped.
 //!
-//! Owns: connections, not requests: body limits, admission and routing are the servers' own.
+//! Owns: connections, not requests: body limits, admission and routing are the servers' own;
+//! and the one rule for what of a server's error text may leave it (`redact`).
 //!
 //! Must not depend on: any other Siesta crate; every server depends on it.
+
+pub mod redact;
 
 use std::future::Future;
 use std::time::Duration;

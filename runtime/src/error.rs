@@ -102,8 +102,16 @@ impl ServeError {
         }
     }
 
+    /// The message a client gets: a load error without credentials or the host's directories.
+    fn client_message(&self) -> String {
+        match self {
+            ServeError::Load(_) => siesta_http_server::redact::for_client(&self.to_string()),
+            _ => self.to_string(),
+        }
+    }
+
     pub fn to_grpc(&self) -> tonic::Status {
-        let msg = self.to_string();
+        let msg = self.client_message();
         match self {
             ServeError::InvalidInput(_) | ServeError::BodyTooLarge { .. } => {
                 tonic::Status::invalid_argument(msg)
@@ -131,7 +139,7 @@ impl IntoResponse for ServeError {
         let status = self.status();
         let mut resp = (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(serde_json::json!({ "error": self.client_message() })),
         )
             .into_response();
         if matches!(

@@ -224,7 +224,10 @@ impl ModelRegistry {
                     _ => (RepositoryState::Ready, String::new()),
                 },
                 SlotState::Unloaded => (RepositoryState::Unavailable, "unloaded".into()),
-                SlotState::Failed(r) => (RepositoryState::Unavailable, r.clone()),
+                SlotState::Failed(r) => (
+                    RepositoryState::Unavailable,
+                    siesta_http_server::redact::for_client(r),
+                ),
             };
             entries.insert(
                 name.clone(),

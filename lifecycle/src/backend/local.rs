@@ -333,7 +333,12 @@ fn reap(c: &Component) {
                 tracing::info!(component = %c.key, replica = %r.id, "replica exited on idle");
             } else {
                 let error = match last_log_line(&r.log) {
-                    Some(line) => format!("replica {} {status}: {line}", r.id),
+                    // The status page is anyone's to read: never a credential in it.
+                    Some(line) => format!(
+                        "replica {} {status}: {}",
+                        r.id,
+                        siesta_http_server::redact::credentials(&line)
+                    ),
                     None => format!("replica {} {status}", r.id),
                 };
                 tracing::warn!(component = %c.key, replica = %r.id, %error, "replica failed");

@@ -247,7 +247,7 @@ impl Pool {
                             component: self.name.clone(),
                             failures: c.failures,
                             retry_in_ms: c.retry_in_ms,
-                            last_error: c.last_error.clone(),
+                            last_error: siesta_http_server::redact::for_client(&c.last_error),
                         });
                     }
                     self.demand.notify_one();
