@@ -109,6 +109,11 @@ struct ScalingArgs {
     /// Requests held per component while it has no ready replica.
     #[arg(long, default_value_t = 1000)]
     hold_queue: usize,
+    /// Request-body bytes the gateway holds in memory at once, all requests together (each
+    /// proxied request reads up to 64 KiB ahead to be able to retry); past it, bodies stream to
+    /// the replica without a retry.
+    #[arg(long, default_value_t = siesta_lifecycle::gateway::DEFAULT_BODY_BUDGET)]
+    max_buffered_body_bytes: usize,
 }
 
 impl ScalingArgs {
@@ -139,6 +144,9 @@ struct ConnectionArgs {
     /// Concurrent streams one HTTP/2 (and gRPC) connection may open.
     #[arg(long, default_value_t = 256)]
     http2_max_streams: u32,
+    /// Client connections open at once; past it the next wait in the kernel's backlog.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 impl ConnectionArgs {
@@ -146,6 +154,7 @@ impl ConnectionArgs {
         siesta_http_server::ConnectionLimits {
             header_read_timeout: self.header_read_timeout,
             http2_max_concurrent_streams: self.http2_max_streams,
+            max_connections: self.max_connections,
             ..Default::default()
         }
     }

@@ -41,6 +41,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         log_dir: a.log_dir,
         replica_args,
         hold_limit: a.scaling.hold_queue,
+        body_budget: a.scaling.max_buffered_body_bytes,
         enable_scale_to_zero: defaults.enable_scale_to_zero,
         record_trace: a.record_trace,
         gpus,

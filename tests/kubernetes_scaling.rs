@@ -258,6 +258,7 @@ impl Cluster {
             addr: "127.0.0.1:0".parse().unwrap(),
             startup_deadline: Duration::from_secs(600),
             hold_limit: 1000,
+            body_budget: siesta_lifecycle::gateway::DEFAULT_BODY_BUDGET,
             defaults: ClusterDefaults {
                 stable_window: Duration::from_secs(6),
                 scale_to_zero_grace: Duration::from_secs(1),

@@ -12,6 +12,7 @@
 pub mod redact;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 /// Connection limits; each server exposes them as flags.
@@ -32,6 +34,13 @@ pub struct ConnectionLimits {
     /// How often an idle HTTP/2 connection is pinged, and how long the answer may take.
     pub http2_keep_alive_interval: Duration,
     pub http2_keep_alive_timeout: Duration,
+    /// Client bytes an HTTP/2 stream, and a whole connection, may send before the server reads
+    /// them (flow-control windows): what one connection can make the server buffer.
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
+    /// Connections open at once; past it the server stops accepting until one closes (the
+    /// kernel's backlog holds the next ones).
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -41,6 +50,9 @@ impl Default for ConnectionLimits {
             http2_max_concurrent_streams: 256,
             http2_keep_alive_interval: Duration::from_secs(30),
             http2_keep_alive_timeout: Duration::from_secs(10),
+            http2_stream_window: 256 << 10,
+            http2_connection_window: 1 << 20,
+            max_connections: 10_000,
         }
     }
 }
@@ -63,10 +75,17 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .keep_alive_interval(limits.http2_keep_alive_interval)
-        .keep_alive_timeout(limits.http2_keep_alive_timeout);
+        .keep_alive_timeout(limits.http2_keep_alive_timeout)
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_connection_window);
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = open.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -93,6 +112,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -146,6 +166,39 @@ mod tests {
         ok.read_to_end(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
 
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_limit_the_next_client_waits_for_a_free_one() {
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            ..Default::default()
+        };
+        let (addr, stop, server) = start(limits).await;
+        let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first.write_all(get).await.unwrap();
+        let mut head = [0u8; 12];
+        first.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // The first stays open (keep-alive): the second is not served meanwhile.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second.write_all(get).await.unwrap();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut head)).await;
+        assert!(waited.is_err(), "served past the limit");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut head))
+            .await
+            .expect("served once the first closed")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        drop(second);
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub startup_deadline: Duration,
     /// Requests held per component while it has no ready replica.
     pub hold_limit: usize,
+    /// Request-body bytes the gateway holds in memory at once.
+    pub body_budget: usize,
     pub defaults: ClusterDefaults,
     pub metrics: MetricsRender,
     pub clock: Clock,
@@ -260,6 +262,7 @@ pub async fn run(
         Arc::new(move || status_services.status()),
         None,
     )
+    .with_body_budget(cfg.body_budget)
     .router();
     let closing = services.clone();
     siesta_http_server::serve(listener, app, cfg.connections, async move {

@@ -31,6 +31,8 @@ pub struct UpConfig {
     pub replica_args: Vec<String>,
     /// Requests held per component while it has no ready replica.
     pub hold_limit: usize,
+    /// Request-body bytes the gateway holds in memory at once.
+    pub body_budget: usize,
     pub enable_scale_to_zero: bool,
     pub metrics: MetricsRender,
     /// Where to record every answered request (`siesta scale simulate` reads it).
@@ -167,8 +169,9 @@ pub async fn run(
         })?),
         None => None,
     };
-    let app =
-        Gateway::with_routes(served.routes.clone(), cfg.metrics.clone(), status, recorder).router();
+    let app = Gateway::with_routes(served.routes.clone(), cfg.metrics.clone(), status, recorder)
+        .with_body_budget(cfg.body_budget)
+        .router();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let closing = served.clone();
     let server = siesta_http_server::serve(listener, app, cfg.connections, async move {

@@ -113,6 +113,8 @@ pub async fn run(
                 .max_concurrent_streams(limits.http2_max_concurrent_streams)
                 .http2_keepalive_interval(Some(limits.http2_keep_alive_interval))
                 .http2_keepalive_timeout(Some(limits.http2_keep_alive_timeout))
+                .initial_stream_window_size(limits.http2_stream_window)
+                .initial_connection_window_size(limits.http2_connection_window)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     grpc_lifecycle.drained().await

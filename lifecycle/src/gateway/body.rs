@@ -7,11 +7,13 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::GatewayError;
 use super::pool::{DemandGuard, Lease};
@@ -53,6 +55,7 @@ impl RequestBody {
                 return Ok(RequestBody::Streaming(Prefixed {
                     head,
                     rest: http_body_util::Limited::new(body, limit - len).boxed_unsync(),
+                    share: None,
                 }));
             }
         }
@@ -62,32 +65,108 @@ impl RequestBody {
     }
 }
 
+/// The request-body bytes the gateway holds in memory at once, all requests together: each
+/// proxied request reads up to [`RETRY_BUFFER`] ahead only with a share of it. Without one,
+/// its body streams through untouched (and cannot be retried), so memory stays bounded however
+/// many requests are in flight.
+#[derive(Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+/// The budget's unit: one share is one request's read-ahead.
+const SHARE: u32 = (RETRY_BUFFER >> 10) as u32;
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        BodyBudget(Arc::new(Semaphore::new(
+            (bytes >> 10).min(Semaphore::MAX_PERMITS),
+        )))
+    }
+
+    fn share(&self) -> Option<OwnedSemaphorePermit> {
+        let share = self.0.clone().try_acquire_many_owned(SHARE).ok();
+        if share.is_none() {
+            metrics::counter!("siesta_gateway_body_budget_exhausted_total").increment(1);
+        }
+        share
+    }
+}
+
 /// A request body across the attempts of one request (both protocols): unread until a replica
-/// slot is ours, then kept (short: each attempt sends it again) or streamed (long: once).
+/// slot is ours, then kept (short: each attempt sends it again) or streamed (long, or no share
+/// of the budget: once).
 pub enum Outgoing {
     Unread(Body),
-    Kept(Bytes),
+    Kept(Bytes, OwnedSemaphorePermit),
+    /// Read ahead (to route by its content) and longer than the retry buffer: sent once.
+    Begun(Prefixed),
     Streamed,
 }
 
 impl Outgoing {
+    /// Reads the start of `body` now (up to [`RETRY_BUFFER`]), for a request routed by what
+    /// its body says; the rest stays in the client's socket.
+    pub async fn read_ahead(
+        body: Body,
+        limit: usize,
+        budget: &BodyBudget,
+    ) -> Result<Outgoing, GatewayError> {
+        let share = budget.share().ok_or(GatewayError::BodyBudget)?;
+        Ok(match RequestBody::read(body, None, limit).await? {
+            RequestBody::Whole(b) => Outgoing::Kept(b, share),
+            RequestBody::Streaming(mut p) => {
+                p.share = Some(share);
+                Outgoing::Begun(p)
+            }
+        })
+    }
+
+    /// Up to `n` of the body's first bytes, as far as they have been read.
+    pub fn prefix(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let chunks: Box<dyn Iterator<Item = &Bytes>> = match self {
+            Outgoing::Kept(b, _) => Box::new(std::iter::once(b)),
+            Outgoing::Begun(p) => Box::new(p.head.iter()),
+            Outgoing::Unread(_) | Outgoing::Streamed => Box::new(std::iter::empty()),
+        };
+        for c in chunks {
+            let take = (n - out.len()).min(c.len());
+            out.extend_from_slice(&c[..take]);
+            if out.len() == n {
+                break;
+            }
+        }
+        out
+    }
+
     /// The body for the next attempt; `None` once a streamed body has been sent, which cannot
     /// be sent again.
     pub async fn next(
         &mut self,
         declared: Option<u64>,
         limit: usize,
+        budget: &BodyBudget,
     ) -> Result<Option<Body>, GatewayError> {
-        let kept = |this: &mut Self, b: Bytes| {
-            *this = Outgoing::Kept(b.clone());
-            Some(Body::from(b))
-        };
         match std::mem::replace(self, Outgoing::Streamed) {
-            Outgoing::Kept(b) => Ok(kept(self, b)),
-            Outgoing::Unread(b) => match RequestBody::read(b, declared, limit).await? {
-                RequestBody::Whole(b) => Ok(kept(self, b)),
-                RequestBody::Streaming(p) => Ok(Some(Body::new(p))),
-            },
+            Outgoing::Kept(b, share) => {
+                *self = Outgoing::Kept(b.clone(), share);
+                Ok(Some(Body::from(b)))
+            }
+            Outgoing::Unread(b) => {
+                let Some(share) = budget.share() else {
+                    return Ok(Some(Body::new(http_body_util::Limited::new(b, limit))));
+                };
+                match RequestBody::read(b, declared, limit).await? {
+                    RequestBody::Whole(b) => {
+                        *self = Outgoing::Kept(b.clone(), share);
+                        Ok(Some(Body::from(b)))
+                    }
+                    RequestBody::Streaming(mut p) => {
+                        p.share = Some(share);
+                        Ok(Some(Body::new(p)))
+                    }
+                }
+            }
+            Outgoing::Begun(p) => Ok(Some(Body::new(p))),
             Outgoing::Streamed => Ok(None),
         }
     }
@@ -99,6 +178,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Prefixed {
     head: VecDeque<Bytes>,
     rest: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+    /// The budget share its head was read with, returned once the head is sent.
+    share: Option<OwnedSemaphorePermit>,
 }
 
 impl hyper::body::Body for Prefixed {
@@ -112,6 +193,7 @@ impl hyper::body::Body for Prefixed {
         if let Some(b) = self.head.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
+        self.share = None;
         Pin::new(&mut self.rest).poll_frame(cx)
     }
 
@@ -184,15 +266,42 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_body_is_sent_on_every_attempt_and_a_streamed_one_once() {
+        let budget = BodyBudget::new(1 << 20);
         let mut short = Outgoing::Unread(chunked(vec![b"ab", b"cd"]));
         for _ in 0..2 {
-            let b = short.next(None, 1 << 20).await.unwrap().unwrap();
+            let b = short.next(None, 1 << 20, &budget).await.unwrap().unwrap();
             assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
         }
         static BIG: [u8; RETRY_BUFFER + 1] = [7; RETRY_BUFFER + 1];
         let mut long = Outgoing::Unread(chunked(vec![&BIG]));
-        assert!(long.next(None, 1 << 20).await.unwrap().is_some());
-        assert!(long.next(None, 1 << 20).await.unwrap().is_none());
+        assert!(long.next(None, 1 << 20, &budget).await.unwrap().is_some());
+        assert!(long.next(None, 1 << 20, &budget).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_bodies_stream_through_and_shares_come_back() {
+        // Room for two requests' read-ahead.
+        let budget = BodyBudget::new(2 * RETRY_BUFFER);
+        let mut kept: Vec<Outgoing> = (0..2)
+            .map(|_| Outgoing::Unread(chunked(vec![b"ab"])))
+            .collect();
+        for o in &mut kept {
+            let _ = o.next(None, 1 << 20, &budget).await.unwrap().unwrap();
+            assert!(matches!(o, Outgoing::Kept(..)));
+        }
+        // The third is sent as it comes, once, with its limit still enforced.
+        let mut third = Outgoing::Unread(chunked(vec![b"cd"]));
+        let b = third.next(None, 1 << 20, &budget).await.unwrap().unwrap();
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "cd");
+        assert!(third.next(None, 1 << 20, &budget).await.unwrap().is_none());
+        let mut over = Outgoing::Unread(chunked(vec![b"0123456789ab"]));
+        let b = over.next(None, 10, &budget).await.unwrap().unwrap();
+        assert!(b.collect().await.is_err());
+        // A finished request returns its share.
+        kept.pop();
+        let mut fourth = Outgoing::Unread(chunked(vec![b"ef"]));
+        let _ = fourth.next(None, 1 << 20, &budget).await.unwrap().unwrap();
+        assert!(matches!(fourth, Outgoing::Kept(..)));
     }
 
     #[tokio::test]

@@ -15,6 +15,10 @@ pub enum GatewayError {
     Body(String),
     #[error("the request body is larger than the gateway's limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error(
+        "the gateway holds as many request bodies in memory as it may (--max-buffered-body-bytes); retry later"
+    )]
+    BodyBudget,
     #[error(transparent)]
     Unavailable(#[from] AcquireError),
     #[error("replica {replica} failed: {reason}")]
@@ -53,7 +57,9 @@ impl GatewayError {
             GatewayError::Control(_) => StatusCode::FORBIDDEN,
             GatewayError::Body(_) => StatusCode::BAD_REQUEST,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unavailable(_) | GatewayError::BodyBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Upstream { .. } | GatewayError::NoGrpc(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -65,7 +71,7 @@ impl GatewayError {
             GatewayError::Control(_) => GrpcCode::PermissionDenied,
             GatewayError::NotInference(_) => GrpcCode::Unimplemented,
             GatewayError::Body(_) => GrpcCode::InvalidArgument,
-            GatewayError::TooLarge { .. } => GrpcCode::ResourceExhausted,
+            GatewayError::TooLarge { .. } | GatewayError::BodyBudget => GrpcCode::ResourceExhausted,
             GatewayError::Unavailable(AcquireError::Timeout { .. }) | GatewayError::Timeout(_) => {
                 GrpcCode::DeadlineExceeded
             }

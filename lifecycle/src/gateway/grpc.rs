@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::body::{LeasedBody, Outgoing};
@@ -18,6 +17,10 @@ use super::error::GatewayError;
 use super::forwarded;
 use super::pool::Pool;
 use super::{ATTEMPTS, Gateway, HostRoute, MAX_BODY, lost};
+
+/// How far into a message its model name is looked for: a name is at most a few hundred bytes
+/// and comes first.
+const MODEL_NAME_WITHIN: usize = 4 << 10;
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -35,7 +38,8 @@ pub(crate) fn model_name(body: &[u8]) -> Option<&str> {
         return None;
     }
     let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
-    let mut msg = rest.get(4..4 + len)?;
+    // Only the message's start may be here: the name is found if it lies within it.
+    let mut msg = &rest[4..rest.len().min(4usize.saturating_add(len))];
     while !msg.is_empty() {
         let (key, n) = varint(msg)?;
         msg = &msg[n..];
@@ -100,29 +104,22 @@ async fn route_and_call(
             "{} in the namespace the authority names",
             parts.uri.authority().map_or("?", |a| a.as_str())
         ))),
-        // Only the message names the model: it is read (up to the limit) to find the route.
+        // Only the message names the model: its start is read to find the route (encoders
+        // write `model_name`, field 1, first), and the rest stays in the socket while held.
         HostRoute::NotByHost => {
-            let body = read_message(body).await?;
-            let (pool, timeout) = model_name(&body)
-                .and_then(|m| gw.route_model(m))
-                .ok_or_else(|| {
-                    GatewayError::NoRoute(format!(
-                        "{} (model {:?})",
-                        parts.uri.path(),
-                        model_name(&body).unwrap_or("?")
-                    ))
-                })?;
-            call(gw, &pool, timeout, parts, Outgoing::Kept(body)).await
+            let message = Outgoing::read_ahead(body, MAX_BODY, &gw.body_budget).await?;
+            let start = message.prefix(MODEL_NAME_WITHIN);
+            let name = model_name(&start);
+            let (pool, timeout) = name.and_then(|m| gw.route_model(m)).ok_or_else(|| {
+                GatewayError::NoRoute(format!(
+                    "{} (model {:?})",
+                    parts.uri.path(),
+                    name.unwrap_or("?")
+                ))
+            })?;
+            call(gw, &pool, timeout, parts, message).await
         }
     }
-}
-
-async fn read_message(body: Body) -> Result<Bytes, GatewayError> {
-    Ok(http_body_util::Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| GatewayError::Body(e.to_string()))?
-        .to_bytes())
 }
 
 async fn call(
@@ -138,9 +135,10 @@ async fn call(
     let mut tried = Vec::new();
     for _ in 0..ATTEMPTS {
         let lease = pool.acquire(deadline, &tried).await?;
-        let Some(body) = tokio::time::timeout_at(deadline, message.next(None, MAX_BODY))
-            .await
-            .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??
+        let Some(body) =
+            tokio::time::timeout_at(deadline, message.next(None, MAX_BODY, &gw.body_budget))
+                .await
+                .map_err(|_| GatewayError::Timeout(timeout.as_secs()))??
         else {
             return Err(GatewayError::Upstream {
                 replica: tried.join(", "),
@@ -225,5 +223,16 @@ mod tests {
         assert_eq!(model_name(&frame(&[])), None);
         assert_eq!(model_name(&[1, 0, 0, 0, 0]), None);
         assert_eq!(model_name(&frame(&[0x0a, 9, b'a'])), None);
+        // The start of a large message is enough: the name comes first.
+        let big = [
+            &[0x0a, 5][..],
+            b"mnist",
+            &[0x12, 0x80, 0x80, 0x80, 0x04],
+            &[0; 4096],
+        ]
+        .concat();
+        let framed = frame(&big);
+        assert_eq!(model_name(&framed[..64]), Some("mnist"));
+        assert_eq!(model_name(&framed[..8]), None);
     }
 }

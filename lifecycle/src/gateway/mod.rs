@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use self::body::{LeasedBody, Outgoing};
+use self::body::{BodyBudget, LeasedBody, Outgoing};
 use self::error::GatewayError;
 use self::pool::Pool;
 
@@ -82,7 +82,12 @@ pub struct Gateway {
     metrics: MetricsRender,
     status: StatusRender,
     recorder: Option<trace::TraceRecorder>,
+    body_budget: BodyBudget,
 }
+
+/// Request-body bytes held in memory at once by default, all requests together
+/// (`--max-buffered-body-bytes`).
+pub const DEFAULT_BODY_BUDGET: usize = 256 << 20;
 
 impl Gateway {
     pub fn new(
@@ -123,7 +128,15 @@ impl Gateway {
             metrics,
             status,
             recorder,
+            body_budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
         }
+    }
+
+    /// At most `bytes` of request bodies held in memory at once; past it, bodies stream to
+    /// the replica without a retry.
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        self.body_budget = BodyBudget::new(bytes);
+        self
     }
 
     /// Model traffic on every path, except the gateway's own `/siesta/status` and `/siesta/metrics`.
@@ -269,7 +282,7 @@ async fn forward_rest(
         let lease = pool.acquire(deadline, &tried).await?;
         let held = arrived.elapsed();
         let Some(upstream_body) =
-            tokio::time::timeout_at(deadline, outgoing.next(declared, MAX_BODY))
+            tokio::time::timeout_at(deadline, outgoing.next(declared, MAX_BODY, &gw.body_budget))
                 .await
                 .map_err(|_| timed_out())??
         else {
