@@ -28,6 +28,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use parking_lot::Mutex;
+use siesta_lifecycle::backend::crash_loop::CrashLoop;
 use siesta_lifecycle::backend::{
     BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate,
 };
@@ -59,6 +60,79 @@ pub struct PodView {
     pub deleting: bool,
     /// The scheduler's reason while it has no node (`0/3 nodes are available: ...`).
     pub unschedulable: Option<String>,
+    /// A container the kubelet is backing off from restarting (`CrashLoopBackOff`) or cannot
+    /// start at all (its image cannot be pulled, its config is wrong).
+    pub failing: Option<PodFailure>,
+}
+
+/// Why a pod's container does not run, as the kubelet reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    pub restarts: u32,
+    /// The waiting reason and what the last run ended with, e.g. `CrashLoopBackOff: exit code
+    /// 1 (Error): model 'm' failed to load: ...`.
+    pub error: String,
+}
+
+/// Waiting reasons that mean a container will not run without a change or a backoff passing.
+const FAILING_REASONS: [&str; 5] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+fn pod_failure(p: &Pod) -> Option<PodFailure> {
+    let statuses = p.status.as_ref()?.container_statuses.as_deref()?;
+    statuses.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        if !FAILING_REASONS.contains(&reason) {
+            return None;
+        }
+        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        let ended = match last {
+            Some(t) => {
+                let mut e = format!("exit code {}", t.exit_code);
+                if let Some(r) = &t.reason {
+                    e.push_str(&format!(" ({r})"));
+                }
+                if let Some(m) = t
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                {
+                    e.push_str(&format!(": {m}"));
+                }
+                e
+            }
+            None => waiting.message.clone().unwrap_or_default(),
+        };
+        Some(PodFailure {
+            restarts: u32::try_from(c.restart_count).unwrap_or(0),
+            error: siesta_http_server::redact::credentials(&format!("{reason}: {ended}")),
+        })
+    })
+}
+
+/// The component's crash loop: no pod is ready and one is failing (the one restarted most).
+/// Held requests are answered with it; the kubelet's backoff is the wait, so there is no
+/// time until the next start to report.
+pub fn crash_loop(pods: &[PodView]) -> Option<CrashLoop> {
+    let live = pods.iter().filter(|p| !p.deleting);
+    if live.clone().any(|p| p.ready) {
+        return None;
+    }
+    let worst = live
+        .filter_map(|p| p.failing.as_ref())
+        .max_by_key(|f| f.restarts)?;
+    Some(CrashLoop {
+        failures: worst.restarts,
+        last_error: worst.error.clone(),
+        retry_in_ms: 0,
+    })
 }
 
 impl PodView {
@@ -82,6 +156,7 @@ impl PodView {
                     p.status.as_ref().and_then(|s| s.phase.as_deref()),
                     Some("Failed" | "Succeeded")
                 ),
+            failing: pod_failure(p),
             unschedulable: condition("PodScheduled")
                 .filter(|c| c.status == "False")
                 .map(|c| {
@@ -224,6 +299,8 @@ struct Component {
     endpoints: watch::Sender<Vec<Endpoint>>,
     /// Written by the scale loop.
     status: Arc<Mutex<BackendStatus>>,
+    /// From the pods, as the kubelet reports them.
+    crash_loop: watch::Sender<Option<CrashLoop>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -249,6 +326,8 @@ impl KubeBackend {
         let (asked, _) = watch::channel(None);
         let (endpoints, _) = watch::channel(Vec::new());
         let (pods_tx, pods_rx) = watch::channel(Vec::new());
+        let (crash_tx, _) = watch::channel(None);
+        let crash_loop_tx = crash_tx.clone();
         let (current_tx, current_rx) = watch::channel(None);
         let selector = format!(
             "{LABEL_SERVICE}={},{LABEL_COMPONENT}={}",
@@ -301,6 +380,12 @@ impl KubeBackend {
                 selector,
                 move |pods| {
                     let views: Vec<PodView> = pods.iter().map(|p| PodView::from_pod(p)).collect();
+                    let failing = crash_loop(&views);
+                    crash_loop_tx.send_if_modified(|c| {
+                        let changed = *c != failing;
+                        *c = failing;
+                        changed
+                    });
                     pods_tx.send_replace(views);
                 },
                 span.clone(),
@@ -320,6 +405,7 @@ impl KubeBackend {
             asked,
             endpoints,
             status,
+            crash_loop: crash_tx,
             tasks,
         });
         if let Some(old) = self.inner.components.lock().insert(key.clone(), component) {
@@ -375,7 +461,17 @@ impl ReplicaBackend for KubeBackend {
     }
 
     fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError> {
-        Ok(self.component(key)?.status.lock().clone())
+        let c = self.component(key)?;
+        let mut status = c.status.lock().clone();
+        status.crash_loop = c.crash_loop.borrow().clone();
+        Ok(status)
+    }
+
+    fn crash_loop(
+        &self,
+        key: &ComponentKey,
+    ) -> Result<watch::Receiver<Option<CrashLoop>>, BackendError> {
+        Ok(self.component(key)?.crash_loop.subscribe())
     }
 
     /// Stops watching, and leaves the Deployments as they are: a gateway that restarts (a
@@ -519,7 +615,50 @@ mod tests {
             ready,
             deleting: false,
             unschedulable: unschedulable.map(Into::into),
+            failing: None,
         }
+    }
+
+    #[test]
+    fn a_crash_looping_pod_with_none_ready_is_the_components_crash_loop() {
+        let looping: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m-1", "creationTimestamp": "2027-01-15T08:00:00Z"},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "replica", "image": "siesta", "imageID": "", "ready": false,
+                    "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff",
+                        "message": "back-off 40s restarting failed container"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                        "message": "model 'm' failed to load: https://u:tok@store/m: 403\n"}}
+                }]}
+        }))
+        .unwrap();
+        let v = PodView::from_pod(&looping);
+        let c = crash_loop(std::slice::from_ref(&v)).expect("a crash loop");
+        assert_eq!(c.failures, 4);
+        assert_eq!(
+            c.last_error,
+            "CrashLoopBackOff: exit code 1 (Error): model 'm' failed to load: https://***@store/m: 403"
+        );
+        // One ready pod serves: not a crash loop for held requests, whatever the other does.
+        assert_eq!(crash_loop(&[v.clone(), pod("m-2", 0, true, None)]), None);
+        // A pod still starting, or running, is not failing.
+        assert_eq!(crash_loop(&[pod("m-3", 0, false, None)]), None);
+        let pulling: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m-4"},
+            "status": {"containerStatuses": [{
+                "name": "replica", "image": "nope", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff",
+                    "message": "Back-off pulling image \"nope\""}}}]}
+        }))
+        .unwrap();
+        let c = crash_loop(&[PodView::from_pod(&pulling)]).unwrap();
+        assert_eq!(
+            c.last_error,
+            "ImagePullBackOff: Back-off pulling image \"nope\""
+        );
     }
 
     const DEADLINE: Duration = Duration::from_secs(600);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use siesta_lifecycle::manifest::ComponentKind;
 
+use crate::backend::{PodView, crash_loop};
 use crate::crd::{
     ComponentStatus, Condition, InferenceService, InferenceServiceSpec, InferenceServiceStatus,
 };
@@ -71,6 +72,7 @@ pub async fn reconcile(
     let _enter = span.enter();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let apply = PatchParams::apply(MANAGER).force();
 
     let mut status = InferenceServiceStatus {
@@ -101,15 +103,31 @@ pub async fn reconcile(
         // Scaled to zero is ready: the gateway holds requests while a replica starts.
         let component_ready = ready > 0 || desired_replicas == 0;
         all_ready &= component_ready;
-        status.conditions.push(condition(
+        let mut ready_condition = condition(
             &format!("{}Ready", capitalised(kind.as_str())),
             component_ready,
-            if component_ready {
-                None
-            } else {
-                Some(format!("0 of {desired_replicas} replicas ready"))
-            },
-        ));
+            (!component_ready).then(|| format!("0 of {desired_replicas} replicas ready")),
+        );
+        if !component_ready {
+            // Why, when the kubelet knows: the same crash loop the gateway answers held
+            // requests with.
+            let selector = format!(
+                "{}={name},{}={}",
+                desired::LABEL_SERVICE,
+                desired::LABEL_COMPONENT,
+                kind.as_str()
+            );
+            let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+            let views: Vec<PodView> = listed.items.iter().map(PodView::from_pod).collect();
+            if let Some(c) = crash_loop(&views) {
+                ready_condition.reason = Some("CrashLoopBackOff".into());
+                ready_condition.message = Some(format!(
+                    "replicas keep failing ({} restarts): {}",
+                    c.failures, c.last_error
+                ));
+            }
+        }
+        status.conditions.push(ready_condition);
         status.components.insert(
             kind.as_str().to_string(),
             ComponentStatus {

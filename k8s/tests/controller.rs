@@ -230,3 +230,54 @@ async fn a_transformer_removed_from_the_spec_is_deleted_and_bad_specs_are_errors
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_crash_looping_component_says_why_in_the_inference_services_status() {
+    let api = FakeApi::default();
+    let group = siesta_k8s::crd::SIESTA_GROUP;
+    let yaml = include_str!("../../deploy/examples/autoscale.yaml");
+    let obj = Arc::new(submitted(&api, yaml, group));
+    let name = obj.metadata.name.clone().unwrap();
+    let ctx = ctx(&api, group);
+    reconcile(obj.clone(), ctx.clone()).await.unwrap();
+    let dep = deployment_path(&format!("{name}-predictor"));
+    api.edit(&dep, |d| {
+        d["spec"]["replicas"] = json!(1);
+        d["status"]["readyReplicas"] = json!(0);
+    });
+    // What the kubelet reports for a replica whose model cannot be loaded.
+    let labels = api.get(&dep).unwrap()["spec"]["template"]["metadata"]["labels"].clone();
+    api.insert(
+        &format!("/api/v1/namespaces/{NS}/pods/{name}-predictor-abc"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-predictor-abc"), "namespace": NS, "labels": labels},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "replica", "image": "siesta", "imageID": "", "ready": false,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                        "message": "Error: model 'flowers-sample' failed to load: no such path /mnt/models"}}
+                }]}
+        }),
+    );
+    reconcile(obj.clone(), ctx.clone()).await.unwrap();
+    let status = api.get(&isvc_path(group, &name)).unwrap()["status"].clone();
+    let predictor = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PredictorReady")
+        .unwrap()
+        .clone();
+    assert_eq!(predictor["status"], "False", "{status}");
+    assert_eq!(predictor["reason"], "CrashLoopBackOff", "{status}");
+    assert_eq!(
+        predictor["message"],
+        "replicas keep failing (3 restarts): CrashLoopBackOff: exit code 1 (Error): \
+         Error: model 'flowers-sample' failed to load: no such path /mnt/models",
+        "{status}"
+    );
+}
