@@ -133,6 +133,7 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<()> {
         startup_deadline: std::time::Duration::from_secs(a.startup_deadline_secs),
         hold_limit: a.scaling.hold_queue,
         body_budget: a.scaling.max_buffered_body_bytes,
+        body_timeout: a.scaling.body_timeout,
         defaults,
         metrics: Arc::new(move || handle.render()),
         clock: Arc::new(siesta_k8s::backend::now),

@@ -114,6 +114,10 @@ struct ScalingArgs {
     /// the replica without a retry.
     #[arg(long, default_value_t = siesta_lifecycle::gateway::DEFAULT_BODY_BUDGET)]
     max_buffered_body_bytes: usize,
+    /// How long a client has to send the start of its body (what the gateway reads ahead)
+    /// once a replica slot is its request's; then 408.
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    body_timeout: Duration,
 }
 
 impl ScalingArgs {

@@ -42,6 +42,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         replica_args,
         hold_limit: a.scaling.hold_queue,
         body_budget: a.scaling.max_buffered_body_bytes,
+        body_timeout: a.scaling.body_timeout,
         enable_scale_to_zero: defaults.enable_scale_to_zero,
         record_trace: a.record_trace,
         gpus,

@@ -259,6 +259,7 @@ impl Cluster {
             startup_deadline: Duration::from_secs(600),
             hold_limit: 1000,
             body_budget: siesta_lifecycle::gateway::DEFAULT_BODY_BUDGET,
+            body_timeout: siesta_lifecycle::gateway::BODY_TIMEOUT,
             defaults: ClusterDefaults {
                 stable_window: Duration::from_secs(6),
                 scale_to_zero_grace: Duration::from_secs(1),

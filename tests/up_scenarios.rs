@@ -912,3 +912,214 @@ spec:
     assert_eq!(s["endpoints"][0]["replica"], "changing-predictor-2", "{s}");
     up.stop();
 }
+
+#[tokio::test]
+async fn hostile_clients_through_the_gateway_get_their_limits_and_leave_nothing_behind() {
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store_addr = store.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in store.incoming().take(16) {
+            open.push(c);
+        }
+    });
+    let up = Up::start_with(
+        &format!(
+            "
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: hostile}}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 1
+    model: {{modelFormat: {{name: siesta}}, storageUri: 'siesta://mnist'}}
+---
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: held}}
+spec:
+  predictor:
+    minReplicas: 0
+    model: {{modelFormat: {{name: siesta}}, storageUri: 'http://{store_addr}/model/config.json'}}
+"
+        ),
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--http2-max-streams",
+            "4",
+            "--body-timeout",
+            "1s",
+        ],
+    );
+    let ready = Instant::now() + Duration::from_secs(20);
+    while components(&up).await["hostile-predictor"]["ready"] != 1 {
+        assert!(Instant::now() < ready, "the replica did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gw = up.gateway.clone();
+
+    // Half a request head: cut off after the header read timeout.
+    let took = tokio::task::spawn_blocking({
+        let gw = gw.clone();
+        move || common::raw::half_a_header_is_cut_off(&gw)
+    })
+    .await
+    .unwrap();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // A body that stalls once a replica slot is its: 408 after --body-timeout, slot freed.
+    let (status, _) = tokio::task::spawn_blocking({
+        let gw = gw.clone();
+        move || {
+            common::raw::raw_exchange(
+                &gw,
+                b"POST /v2/models/hostile/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"inputs\"",
+                false,
+                None,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 408);
+
+    // Declared past the limit: 413 before anything is held or read, even for a service at zero.
+    let (status, body) = tokio::task::spawn_blocking({
+        let gw = gw.clone();
+        move || {
+            common::raw::raw_exchange(
+                &gw,
+                b"POST /v2/models/held/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 104857600\r\n\r\n",
+                false,
+                None,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(components(&up).await["held-predictor"]["waiting"], 0);
+
+    // Undeclared (chunked) past the limit: refused, and streamed rather than buffered (the
+    // gateway's memory stays far below the 70 MiB sent).
+    let sent = tokio::task::spawn_blocking({
+        let gw = gw.clone();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(gw.trim_start_matches("http://")).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(
+                b"POST /v2/models/hostile/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .unwrap();
+            let chunk = [b' '; 1 << 20];
+            let mut sent = 0;
+            for _ in 0..70 {
+                let head = format!("{:x}\r\n", chunk.len());
+                if s.write_all(head.as_bytes()).is_err()
+                    || s.write_all(&chunk).is_err()
+                    || s.write_all(b"\r\n").is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+            let mut buf = Vec::new();
+            // A 413, or the connection closed on a client still sending: both refuse it.
+            let _ = s.read_to_end(&mut buf);
+            let head = String::from_utf8_lossy(&buf[..buf.len().min(12)]).to_string();
+            assert!(buf.is_empty() || head.starts_with("HTTP/1.1 413"), "{head}");
+            sent
+        }
+    })
+    .await
+    .unwrap();
+    assert!(sent >= 60, "only {sent} MiB were taken before the refusal");
+    let rss_mib = std::fs::read_to_string(format!("/proc/{}/status", up.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap()
+        >> 10;
+    assert!(
+        rss_mib < 48,
+        "the gateway holds {rss_mib} MiB after a 70 MiB body"
+    );
+
+    // One HTTP/2 connection cannot hold more requests than its stream limit; requests whose
+    // client went away leave no trace.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let h2 = h2.clone();
+            let url = format!("{gw}/v2/models/held/infer");
+            tokio::spawn(async move {
+                h2.post(url)
+                    .body(common::mnist_v2_body(&[vec![0.0; 784]]).to_string())
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while components(&up).await["held-predictor"]["waiting"] != 4 {
+        assert!(Instant::now() < deadline, "four streams held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(components(&up).await["held-predictor"]["waiting"], 4);
+    for c in &calls {
+        c.abort();
+    }
+    drop(h2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = components(&up).await;
+        if c["held-predictor"]["waiting"] == 0 && c["held-predictor"]["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "abandoned requests still counted: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Invented model names: 404, and no metric series of their own.
+    let client = reqwest::Client::new();
+    for i in 0..50 {
+        let r = client
+            .post(format!("{gw}/v2/models/junk{i}/infer"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let metrics = client
+        .get(format!("{gw}/siesta/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("junk"), "invented names became labels");
+
+    // And the gateway still serves.
+    let r = client
+        .post(format!("{gw}/v2/models/hostile/infer"))
+        .body(common::mnist_v2_body(&[vec![0.0; 784]]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    up.stop();
+}

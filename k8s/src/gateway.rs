@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub hold_limit: usize,
     /// Request-body bytes the gateway holds in memory at once.
     pub body_budget: usize,
+    /// How long a client has to send the start of its body once a replica slot is its.
+    pub body_timeout: Duration,
     pub defaults: ClusterDefaults,
     pub metrics: MetricsRender,
     pub clock: Clock,
@@ -262,7 +264,7 @@ pub async fn run(
         Arc::new(move || status_services.status()),
         None,
     )
-    .with_body_budget(cfg.body_budget)
+    .with_body_limits(cfg.body_budget, cfg.body_timeout)
     .router();
     let closing = services.clone();
     siesta_http_server::serve(listener, app, cfg.connections, async move {

@@ -33,6 +33,8 @@ pub struct UpConfig {
     pub hold_limit: usize,
     /// Request-body bytes the gateway holds in memory at once.
     pub body_budget: usize,
+    /// How long a client has to send the start of its body once a replica slot is its.
+    pub body_timeout: std::time::Duration,
     pub enable_scale_to_zero: bool,
     pub metrics: MetricsRender,
     /// Where to record every answered request (`siesta scale simulate` reads it).
@@ -170,7 +172,7 @@ pub async fn run(
         None => None,
     };
     let app = Gateway::with_routes(served.routes.clone(), cfg.metrics.clone(), status, recorder)
-        .with_body_budget(cfg.body_budget)
+        .with_body_limits(cfg.body_budget, cfg.body_timeout)
         .router();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let closing = served.clone();

@@ -1,6 +1,7 @@
 //! Starts the real `siesta` binary on free ports and stops it by PID.
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod up;
 
 use std::io::{BufRead, BufReader};

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body_util::BodyExt;
@@ -20,6 +21,10 @@ use super::pool::{DemandGuard, Lease};
 
 /// The most of a request body the gateway holds to be able to retry it.
 pub const RETRY_BUFFER: usize = 64 << 10;
+/// How long a client may take by default to send what the gateway reads ahead once a replica
+/// slot is its request's (`--body-timeout`): a client that stalls must not keep the slot for
+/// the component's whole timeout. Beyond the read-ahead, the replica's own applies.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request body once the gateway has looked at its start.
 pub enum RequestBody {
@@ -33,6 +38,17 @@ impl RequestBody {
     /// Reads `body` until it ends or passes [`RETRY_BUFFER`], refusing more than `limit` bytes
     /// by its declared length.
     pub async fn read(
+        body: Body,
+        declared: Option<u64>,
+        limit: usize,
+        within: Duration,
+    ) -> Result<RequestBody, GatewayError> {
+        tokio::time::timeout(within, Self::read_ahead(body, declared, limit))
+            .await
+            .map_err(|_| GatewayError::ClientTimeout(within.as_secs()))?
+    }
+
+    async fn read_ahead(
         mut body: Body,
         declared: Option<u64>,
         limit: usize,
@@ -70,20 +86,25 @@ impl RequestBody {
 /// its body streams through untouched (and cannot be retried), so memory stays bounded however
 /// many requests are in flight.
 #[derive(Clone)]
-pub struct BodyBudget(Arc<Semaphore>);
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    /// How long the read-ahead may take.
+    pub timeout: Duration,
+}
 
 /// The budget's unit: one share is one request's read-ahead.
 const SHARE: u32 = (RETRY_BUFFER >> 10) as u32;
 
 impl BodyBudget {
-    pub fn new(bytes: usize) -> Self {
-        BodyBudget(Arc::new(Semaphore::new(
-            (bytes >> 10).min(Semaphore::MAX_PERMITS),
-        )))
+    pub fn new(bytes: usize, timeout: Duration) -> Self {
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new((bytes >> 10).min(Semaphore::MAX_PERMITS))),
+            timeout,
+        }
     }
 
     fn share(&self) -> Option<OwnedSemaphorePermit> {
-        let share = self.0.clone().try_acquire_many_owned(SHARE).ok();
+        let share = self.bytes.clone().try_acquire_many_owned(SHARE).ok();
         if share.is_none() {
             metrics::counter!("siesta_gateway_body_budget_exhausted_total").increment(1);
         }
@@ -111,13 +132,15 @@ impl Outgoing {
         budget: &BodyBudget,
     ) -> Result<Outgoing, GatewayError> {
         let share = budget.share().ok_or(GatewayError::BodyBudget)?;
-        Ok(match RequestBody::read(body, None, limit).await? {
-            RequestBody::Whole(b) => Outgoing::Kept(b, share),
-            RequestBody::Streaming(mut p) => {
-                p.share = Some(share);
-                Outgoing::Begun(p)
-            }
-        })
+        Ok(
+            match RequestBody::read(body, None, limit, budget.timeout).await? {
+                RequestBody::Whole(b) => Outgoing::Kept(b, share),
+                RequestBody::Streaming(mut p) => {
+                    p.share = Some(share);
+                    Outgoing::Begun(p)
+                }
+            },
+        )
     }
 
     /// Up to `n` of the body's first bytes, as far as they have been read.
@@ -155,7 +178,7 @@ impl Outgoing {
                 let Some(share) = budget.share() else {
                     return Ok(Some(Body::new(http_body_util::Limited::new(b, limit))));
                 };
-                match RequestBody::read(b, declared, limit).await? {
+                match RequestBody::read(b, declared, limit, budget.timeout).await? {
                     RequestBody::Whole(b) => {
                         *self = Outgoing::Kept(b.clone(), share);
                         Ok(Some(Body::from(b)))
@@ -247,15 +270,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_body_is_kept_whole_and_a_long_one_streams_in_order() {
-        let short = RequestBody::read(chunked(vec![b"ab", b"cd"]), None, 1 << 20)
+        let short = RequestBody::read(chunked(vec![b"ab", b"cd"]), None, 1 << 20, BODY_TIMEOUT)
             .await
             .unwrap();
         assert!(matches!(short, RequestBody::Whole(b) if b == "abcd"));
 
         static BIG: [u8; RETRY_BUFFER] = [7; RETRY_BUFFER];
-        let long = RequestBody::read(chunked(vec![&BIG, b"xy", b"z"]), None, 1 << 20)
-            .await
-            .unwrap();
+        let long = RequestBody::read(
+            chunked(vec![&BIG, b"xy", b"z"]),
+            None,
+            1 << 20,
+            BODY_TIMEOUT,
+        )
+        .await
+        .unwrap();
         let RequestBody::Streaming(p) = long else {
             panic!("a body over the retry buffer streams")
         };
@@ -266,7 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_body_is_sent_on_every_attempt_and_a_streamed_one_once() {
-        let budget = BodyBudget::new(1 << 20);
+        let budget = BodyBudget::new(1 << 20, BODY_TIMEOUT);
         let mut short = Outgoing::Unread(chunked(vec![b"ab", b"cd"]));
         for _ in 0..2 {
             let b = short.next(None, 1 << 20, &budget).await.unwrap().unwrap();
@@ -281,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_budget_bodies_stream_through_and_shares_come_back() {
         // Room for two requests' read-ahead.
-        let budget = BodyBudget::new(2 * RETRY_BUFFER);
+        let budget = BodyBudget::new(2 * RETRY_BUFFER, BODY_TIMEOUT);
         let mut kept: Vec<Outgoing> = (0..2)
             .map(|_| Outgoing::Unread(chunked(vec![b"ab"])))
             .collect();
@@ -306,17 +334,21 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_the_limit_is_refused_declared_or_not() {
-        let e = RequestBody::read(chunked(vec![b"ab"]), Some(11), 10).await;
+        let e = RequestBody::read(chunked(vec![b"ab"]), Some(11), 10, BODY_TIMEOUT).await;
         assert!(matches!(e, Err(GatewayError::TooLarge { limit: 10 })));
-        let e = RequestBody::read(chunked(vec![b"0123456", b"789ab"]), None, 10).await;
+        let e =
+            RequestBody::read(chunked(vec![b"0123456", b"789ab"]), None, 10, BODY_TIMEOUT).await;
         assert!(matches!(e, Err(GatewayError::TooLarge { limit: 10 })));
         // Streaming past the limit fails the stream itself.
         static BIG: [u8; RETRY_BUFFER + 1] = [7; RETRY_BUFFER + 1];
-        let RequestBody::Streaming(p) =
-            RequestBody::read(chunked(vec![&BIG, b"0123456789"]), None, RETRY_BUFFER + 5)
-                .await
-                .unwrap()
-        else {
+        let RequestBody::Streaming(p) = RequestBody::read(
+            chunked(vec![&BIG, b"0123456789"]),
+            None,
+            RETRY_BUFFER + 5,
+            BODY_TIMEOUT,
+        )
+        .await
+        .unwrap() else {
             panic!("streams")
         };
         assert!(Body::new(p).collect().await.is_err());

@@ -13,6 +13,8 @@ pub enum GatewayError {
     NoRoute(String),
     #[error("request body: {0}")]
     Body(String),
+    #[error("the client did not send the request body within {0} s")]
+    ClientTimeout(u64),
     #[error("the request body is larger than the gateway's limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error(
@@ -62,6 +64,7 @@ impl GatewayError {
             }
             GatewayError::Upstream { .. } | GatewayError::NoGrpc(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -72,9 +75,9 @@ impl GatewayError {
             GatewayError::NotInference(_) => GrpcCode::Unimplemented,
             GatewayError::Body(_) => GrpcCode::InvalidArgument,
             GatewayError::TooLarge { .. } | GatewayError::BodyBudget => GrpcCode::ResourceExhausted,
-            GatewayError::Unavailable(AcquireError::Timeout { .. }) | GatewayError::Timeout(_) => {
-                GrpcCode::DeadlineExceeded
-            }
+            GatewayError::Unavailable(AcquireError::Timeout { .. })
+            | GatewayError::Timeout(_)
+            | GatewayError::ClientTimeout(_) => GrpcCode::DeadlineExceeded,
             GatewayError::Unavailable(_)
             | GatewayError::Upstream { .. }
             | GatewayError::NoGrpc(_) => GrpcCode::Unavailable,

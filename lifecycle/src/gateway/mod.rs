@@ -88,6 +88,7 @@ pub struct Gateway {
 /// Request-body bytes held in memory at once by default, all requests together
 /// (`--max-buffered-body-bytes`).
 pub const DEFAULT_BODY_BUDGET: usize = 256 << 20;
+pub use body::BODY_TIMEOUT;
 
 impl Gateway {
     pub fn new(
@@ -128,14 +129,15 @@ impl Gateway {
             metrics,
             status,
             recorder,
-            body_budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
+            body_budget: BodyBudget::new(DEFAULT_BODY_BUDGET, body::BODY_TIMEOUT),
         }
     }
 
-    /// At most `bytes` of request bodies held in memory at once; past it, bodies stream to
-    /// the replica without a retry.
-    pub fn with_body_budget(mut self, bytes: usize) -> Self {
-        self.body_budget = BodyBudget::new(bytes);
+    /// At most `bytes` of request bodies held in memory at once (past it, bodies stream to
+    /// the replica without a retry),
+    /// and a client has `timeout` to send what is read ahead (else 408).
+    pub fn with_body_limits(mut self, bytes: usize, timeout: Duration) -> Self {
+        self.body_budget = BodyBudget::new(bytes, timeout);
         self
     }
 
@@ -351,16 +353,38 @@ async fn forward_rest(
     })
 }
 
-/// A request that reached a replica which failed before answering (it died, or cut the
-/// connection). Not retried: the replica may have acted on it. Counted, so that losses can be
-/// matched against replica failures (`siesta_gateway_lost_total`).
+/// A request whose exchange with its replica failed. If the client's own body failed (past the
+/// limit, or the client broke off), that is the client's error. Otherwise the replica failed
+/// before answering (it died, or cut the connection): not retried, since the replica may have
+/// acted on it, and counted, so that losses can be matched against replica failures
+/// (`siesta_gateway_lost_total`).
 fn lost(pool: &Pool, replica: &str, e: &hyper_util::client::legacy::Error) -> GatewayError {
+    if let Some(fault) = client_body_fault(e) {
+        return fault;
+    }
     metrics::counter!("siesta_gateway_lost_total", "component" => pool.name.clone()).increment(1);
     tracing::warn!(component = %pool.key, %replica, error = %e, "request lost with its replica");
     GatewayError::Upstream {
         replica: replica.to_string(),
         reason: e.to_string(),
     }
+}
+
+/// The client's body as the cause of a failed upstream exchange: hyper reports an error of the
+/// body it was sending as a "user" error, with the body's own error as its source.
+fn client_body_fault(e: &hyper_util::client::legacy::Error) -> Option<GatewayError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut from_body = false;
+    while let Some(err) = cause {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Some(GatewayError::TooLarge { limit: MAX_BODY });
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            from_body |= h.is_user();
+        }
+        cause = err.source();
+    }
+    from_body.then(|| GatewayError::Body(format!("the client's body failed: {e}")))
 }
 
 #[cfg(test)]
