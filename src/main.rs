@@ -285,6 +285,9 @@ struct ServeArgs {
     /// How long a client may take to send its request body.
     #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     body_timeout: Duration,
+    /// Request-body bytes held in memory at once, all requests together; past it, 429.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_buffered_body_bytes: usize,
     #[command(flatten)]
     connections: ConnectionArgs,
     /// How long a request may wait for its result.
@@ -393,6 +396,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
         grpc_addr: (!a.no_grpc).then_some(SocketAddr::new(a.host, a.grpc_port)),
         max_body_bytes: a.max_body_bytes,
         body_timeout: a.body_timeout,
+        body_memory_bytes: a.max_buffered_body_bytes,
         connections: a.connections.limits(),
         request_timeout: a.request_timeout,
         drain_timeout: a.drain_timeout,
@@ -415,6 +419,7 @@ fn transformer_config(a: ServeArgs) -> TransformerConfig {
         http_addr: SocketAddr::new(a.host, a.http_port),
         max_body_bytes: a.max_body_bytes,
         body_timeout: a.body_timeout,
+        body_memory_bytes: a.max_buffered_body_bytes,
         connections: a.connections.limits(),
         request_timeout: a.request_timeout,
         drain_timeout: a.drain_timeout,

@@ -537,3 +537,74 @@ async fn a_full_queue_refuses_before_the_body_is_read() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The bodies a replica holds at once are bounded in bytes, not only in count: a body that
+/// would take more than `--max-buffered-body-bytes` is refused with 429 (declared: before it is
+/// read), and what a finished request held is given back.
+#[tokio::test]
+async fn bodies_past_the_memory_budget_are_refused_and_the_budget_comes_back() {
+    let server = Server::start(&[
+        "--max-buffered-body-bytes",
+        "300000",
+        "--body-timeout",
+        "5s",
+    ]);
+    server.wait_ready().await;
+    let addr = server.http.trim_start_matches("http://").to_string();
+    let holding = |addr: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(
+            b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n{",
+        )
+        .unwrap();
+        s
+    };
+    // 200 kB promised and being read: small requests still fit beside it.
+    let holder = holding(&addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.infer_zeros().await.status(), 200);
+    // Another 200 kB would pass the budget: refused at once, naming the flag.
+    let (status, body) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            raw_exchange(
+                &addr,
+                b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n",
+                false,
+                None,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 429);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-buffered-body-bytes"),
+        "{error}"
+    );
+    // The holder leaves: its share comes back.
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut second = holding(&addr);
+        second.write_all(&vec![b' '; 199_998]).unwrap();
+        second.write_all(b"}").unwrap();
+        let mut buf = [0u8; 12];
+        use std::io::Read;
+        second.read_exact(&mut buf).unwrap();
+        // The body is not valid V2 JSON: 400 means it was read, not refused.
+        if &buf == b"HTTP/1.1 400" {
+            break;
+        }
+        assert_eq!(&buf, b"HTTP/1.1 429");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

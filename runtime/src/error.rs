@@ -38,6 +38,10 @@ pub enum ServeError {
         queued: usize,
         limit: usize,
     },
+    #[error(
+        "the server holds as many request bodies as it may ({limit} bytes, --max-buffered-body-bytes); retry later"
+    )]
+    BodyMemory { limit: usize },
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("model load failed: {0}")]
@@ -68,7 +72,9 @@ impl ServeError {
             ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Overloaded { .. } | ServeError::BodyMemory { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -93,7 +99,7 @@ impl ServeError {
             ServeError::ModelNotReady(_) => "not_ready",
             ServeError::ModelControlOff(_) => "forbidden",
             ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => "too_large",
-            ServeError::Overloaded { .. } => "overloaded",
+            ServeError::Overloaded { .. } | ServeError::BodyMemory { .. } => "overloaded",
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
                 "internal"
             }
@@ -122,7 +128,9 @@ impl ServeError {
             | ServeError::NoRoute(_) => tonic::Status::not_found(msg),
             ServeError::ModelNotReady(_) => tonic::Status::unavailable(msg),
             ServeError::ModelControlOff(_) => tonic::Status::permission_denied(msg),
-            ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
+            ServeError::Overloaded { .. } | ServeError::BodyMemory { .. } => {
+                tonic::Status::resource_exhausted(msg)
+            }
             ServeError::Timeout(_) | ServeError::ClientTimeout(_) => {
                 tonic::Status::deadline_exceeded(msg)
             }

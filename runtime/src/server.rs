@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// Request-body bytes held at once, all requests together.
+    pub body_memory_bytes: usize,
     /// Header read timeout and HTTP/2 limits of the HTTP port.
     pub connections: siesta_http_server::ConnectionLimits,
     pub request_timeout: Duration,
@@ -96,6 +98,7 @@ pub async fn run(
         prometheus,
         max_body_bytes: cfg.max_body_bytes,
         body_timeout: cfg.body_timeout,
+        body_memory: crate::http::BodyMemory::new(cfg.body_memory_bytes),
     });
     let http_lifecycle = lifecycle.clone();
     let http_server = tokio::spawn(async move {

@@ -6,6 +6,7 @@ mod repository;
 mod v1;
 pub(crate) mod v2;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +16,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{Result, ServeError};
@@ -30,6 +32,50 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a client may take to send its body (slow clients get 408, not a held slot).
     pub body_timeout: Duration,
+    pub body_memory: BodyMemory,
+}
+
+/// The request-body bytes a server holds at once, all requests together
+/// (`--max-buffered-body-bytes`): the queue limit bounds how many requests wait, this bounds
+/// what their bodies weigh (256 queued 64 MiB bodies would be 16 GiB).
+#[derive(Clone)]
+pub struct BodyMemory {
+    kib: Arc<Semaphore>,
+    limit: usize,
+}
+
+/// What a read body holds of [`BodyMemory`] until it is dropped.
+pub struct BodyLease {
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl BodyMemory {
+    pub fn new(bytes: usize) -> Self {
+        BodyMemory {
+            kib: Arc::new(Semaphore::new(
+                bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS),
+            )),
+            limit: bytes,
+        }
+    }
+
+    /// Grows `lease` to cover `bytes`, or refuses at once.
+    fn cover(&self, lease: &mut BodyLease, bytes: usize) -> Result<()> {
+        let have = lease._held.as_ref().map_or(0, |p| p.num_permits());
+        let need = bytes.div_ceil(1024);
+        if need <= have {
+            return Ok(());
+        }
+        let more = u32::try_from(need - have)
+            .ok()
+            .and_then(|n| self.kib.clone().try_acquire_many_owned(n).ok())
+            .ok_or(ServeError::BodyMemory { limit: self.limit })?;
+        match &mut lease._held {
+            Some(p) => p.merge(more),
+            None => lease._held = Some(more),
+        }
+        Ok(())
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -87,38 +133,79 @@ async fn list_models(
 }
 
 /// Reads the body under the size limit and the body deadline.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes> {
-    read_body_within(headers, body, state.max_body_bytes, state.body_timeout).await
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, BodyLease)> {
+    read_body_within(
+        headers,
+        body,
+        state.max_body_bytes,
+        state.body_timeout,
+        &state.body_memory,
+    )
+    .await
 }
 
 /// A body of at most `limit` bytes that arrives within `timeout` (slow clients get 408, not a
-/// held slot; oversize ones 413 before their body is read).
+/// held slot; oversize ones 413 before their body is read), held in `memory` (a declared
+/// length up front, a chunked body as it arrives; 429 when the server holds too much).
 pub(crate) async fn read_body_within(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes> {
-    if let Some(len) = headers
+    memory: &BodyMemory,
+) -> Result<(Bytes, BodyLease)> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared
         && len > limit
     {
         return Err(ServeError::BodyTooLarge { got: len, limit });
     }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ServeError::ClientTimeout(timeout.as_millis() as u64)),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServeError::BodyTooLarge {
-            got: limit + 1,
-            limit,
-        }),
-        Ok(Err(e)) => Err(ServeError::InvalidInput(format!(
-            "reading the request body failed: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let mut lease = BodyLease { _held: None };
+    if let Some(len) = declared {
+        memory.cover(&mut lease, len)?;
     }
+    let read = async {
+        let mut body = body;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ServeError::InvalidInput(format!("reading the request body failed: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > limit {
+                return Err(ServeError::BodyTooLarge {
+                    got: limit + 1,
+                    limit,
+                });
+            }
+            memory.cover(&mut lease, len)?;
+            chunks.push(data);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => {
+                let mut whole = Vec::with_capacity(len);
+                chunks.iter().for_each(|c| whole.extend_from_slice(c));
+                Bytes::from(whole)
+            }
+        })
+    };
+    let bytes = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ServeError::ClientTimeout(timeout.as_millis() as u64))??;
+    Ok((bytes, lease))
 }
 
 /// Per-response timing headers (milliseconds).

@@ -55,7 +55,7 @@ async fn predict_inner(
     started: Instant,
 ) -> Result<Response> {
     let admitted = state.service.admit(name, None)?;
-    let bytes = read_body(state, headers, body).await?;
+    let (bytes, _held) = read_body(state, headers, body).await?;
     let (resp, timing) = admitted
         .infer(|config| parse_predict(config, &bytes))
         .await?;

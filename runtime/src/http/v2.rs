@@ -176,7 +176,7 @@ async fn infer_inner(
     started: Instant,
 ) -> Result<Response> {
     let admitted = s.service.admit(model, version)?;
-    let bytes = read_body(s, headers, body).await?;
+    let (bytes, _held) = read_body(s, headers, body).await?;
     let header_len = headers
         .get(HEADER_CONTENT_LENGTH)
         .map(|v| {

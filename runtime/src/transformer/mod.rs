@@ -43,6 +43,8 @@ pub struct TransformerConfig {
     pub http_addr: SocketAddr,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// Request-body bytes held at once, all requests together.
+    pub body_memory_bytes: usize,
     /// Header read timeout and HTTP/2 limits of the HTTP port.
     pub connections: siesta_http_server::ConnectionLimits,
     pub request_timeout: Duration,
@@ -61,6 +63,7 @@ struct Transformer {
     /// zero replicas, and the transformer should be ready without it, as KServe's is).
     spec: OnceCell<Arc<PredictorSpec>>,
     prometheus: PrometheusHandle,
+    body_memory: crate::http::BodyMemory,
 }
 
 type Shared = Arc<Transformer>;
@@ -89,6 +92,7 @@ pub async fn run(
     let drain_timeout = cfg.drain_timeout;
     let connections = cfg.connections;
     let state: Shared = Arc::new(Transformer {
+        body_memory: crate::http::BodyMemory::new(cfg.body_memory_bytes),
         cfg,
         client,
         spec: OnceCell::new(),
@@ -163,11 +167,12 @@ async fn predict(State(t): State<Shared>, Path(target): Path<String>, req: Reque
         }
         let (parts, body) = req.into_parts();
         let body: Body = body;
-        let bytes = crate::http::read_body_within(
+        let (bytes, _held) = crate::http::read_body_within(
             &parts.headers,
             body,
             t.cfg.max_body_bytes,
             t.cfg.body_timeout,
+            &t.body_memory,
         )
         .await?;
         transform(&t, bytes).await
