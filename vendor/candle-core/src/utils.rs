@@ -380,6 +380,13 @@ pub fn init_global_threadpool() {
 }
 
 fn default_num_threads() -> usize {
+    // Siesta: computed once. `num_cpus::get_physical` reads /proc/cpuinfo, and every matmul
+    // asks (through `get_num_threads`): that was 13 % of a replica's CPU at batch 1.
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(default_num_threads_uncached)
+}
+
+fn default_num_threads_uncached() -> usize {
     let physical = {
         #[cfg(target_os = "macos")]
         {
