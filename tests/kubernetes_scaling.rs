@@ -340,7 +340,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deployment_scales_from_zero_to_five_under_hey_and_back_to_zero_losing_nothing() {
-    let cluster = Cluster::start().await;
+    let mut cluster = Cluster::start().await;
     // The controller makes the Deployment (Kubernetes' default of one replica); the gateway's
     // autoscaler takes the count over and, with no traffic, scales it to zero.
     cluster
@@ -425,12 +425,14 @@ async fn a_deployment_scales_from_zero_to_five_under_hey_and_back_to_zero_losing
 
     // A spec change while a request is held at zero: the gateway applies it in place, so the
     // request is still served (before, the service was reinstalled and the held request waited
-    // for its timeout on a pool nobody served any more).
+    // for its timeout on a pool nobody served any more). The kubelet is paused meanwhile, so
+    // the request is held for certain while the spec changes.
     cluster
         .wait_for("zero again", Duration::from_secs(40), |c, d| {
             c["ready"] == 0 && d["status"]["replicas"] == 0
         })
         .await;
+    let _ = cluster.stop_kubelet.send(true);
     let held = tokio::spawn({
         let url = url.clone();
         let body = std::fs::read(&body).unwrap();
@@ -452,18 +454,23 @@ async fn a_deployment_scales_from_zero_to_five_under_hey_and_back_to_zero_losing
         isvc["spec"]["predictor"]["containerConcurrency"] = json!(2);
         isvc["metadata"]["generation"] = json!(2);
     });
+    cluster
+        .wait_for(
+            "the new spec, the request still held",
+            Duration::from_secs(10),
+            |c, _| c["container_concurrency"] == 2 && c["waiting"] == 1,
+        )
+        .await;
+    let (resume, resumed) = tokio::sync::watch::channel(false);
+    cluster.stop_kubelet = resume;
+    cluster
+        .tasks
+        .push(tokio::spawn(kubelet(cluster.api.clone(), resumed)));
     let r = tokio::time::timeout(Duration::from_secs(30), held)
         .await
         .expect("the held request is answered")
         .unwrap()
         .unwrap();
     assert_eq!(r.status(), 200);
-    cluster
-        .wait_for(
-            "the new spec in the gateway",
-            Duration::from_secs(10),
-            |c, _| c["container_concurrency"] == 2,
-        )
-        .await;
     cluster.stop().await;
 }

@@ -246,8 +246,7 @@ async fn every_datatype_round_trips_as_json_and_as_binary() {
         .iter()
         .map(|d| {
             let v = sample(*d);
-            let leaves: Vec<&Value> = v[0].as_array().unwrap().iter().collect();
-            siesta_runtime::protocol::json_data::encode_values("x", *d, &leaves).unwrap()
+            siesta_runtime::protocol::json_data::decode_data("x", *d, 3, &v[0].to_string()).unwrap()
         })
         .collect();
     let inputs: Vec<Value> = siesta_models::DataType::ALL

@@ -1,8 +1,10 @@
-//! Restarts of a component whose replicas keep failing, as kubelet's CrashLoopBackOff spaces
-//! them: the first failure is replaced at once (a replica killed under load must come back
-//! now), each further one waits 10 s, doubling up to 5 min, and the count starts over once a
-//! replica has stayed ready for 10 minutes. A failure is a replica that exited unexpectedly
-//! with an error (not a drain, not an idle exit) or missed its startup deadline.
+//! Restarts of replicas that keep failing, as kubelet's CrashLoopBackOff spaces them, per
+//! replica slot as kubelet does per pod: the first failure is replaced at once (a replica
+//! killed under load must come back now), each further one waits 10 s, doubling up to 5 min,
+//! and the count starts over once the slot's replica has stayed ready for 10 minutes. A
+//! failure is a replica that exited unexpectedly with an error (not a drain, not an idle exit)
+//! or missed its startup deadline. The component is in a crash loop when no replica is ready
+//! and a slot has failed more than once since it was last ready.
 //!
 //! Time is passed in, so the policy is tested without waiting.
 
@@ -83,12 +85,57 @@ impl Backoff {
                 .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64),
         })
     }
+}
 
-    /// The crash loop while no replica may start: requests are answered with it instead of
-    /// held. Once the wait is over they are held again, so that a request can bring the next
-    /// attempt (a component at zero would otherwise never try again).
-    pub fn refusing(&self, now: Instant) -> Option<CrashLoop> {
-        self.crash_loop(now).filter(|_| !self.may_start(now))
+/// A component's replica slots, each backing off on its own as kubelet does per pod: the slot
+/// whose replica failed waits, the component's other slots start at once. (A slot is a
+/// replica's place in the component, numbered from 1: its log file, its pod.)
+#[derive(Debug, Default)]
+pub struct Slots {
+    by_slot: std::collections::BTreeMap<usize, Backoff>,
+}
+
+impl Slots {
+    pub fn failed(&mut self, slot: usize, now: Instant, error: String) {
+        self.by_slot.entry(slot).or_default().failed(now, error);
+    }
+
+    /// Which slots have a ready replica now.
+    pub fn observe(&mut self, now: Instant, ready: impl Fn(usize) -> bool) {
+        for (slot, b) in &mut self.by_slot {
+            b.observe(now, ready(*slot));
+        }
+    }
+
+    /// The lowest slot of `1..=limit` that is not `taken` and may start now.
+    pub fn free(&self, now: Instant, limit: usize, taken: &[usize]) -> Option<usize> {
+        (1..=limit)
+            .find(|s| !taken.contains(s) && self.by_slot.get(s).is_none_or(|b| b.may_start(now)))
+    }
+
+    /// The component's crash loop: no replica is ready, and a slot's replicas failed more than
+    /// once since it last had a ready one (the slot that failed most is the one shown).
+    pub fn crash_loop(&self, now: Instant, any_ready: bool) -> Option<CrashLoop> {
+        if any_ready {
+            return None;
+        }
+        self.by_slot
+            .values()
+            .filter_map(|b| b.crash_loop(now))
+            .max_by_key(|c| c.failures)
+    }
+
+    /// The crash loop while no slot of `1..=limit` may start: requests are answered with it
+    /// instead of held.
+    pub fn refusing(
+        &self,
+        now: Instant,
+        any_ready: bool,
+        limit: usize,
+        taken: &[usize],
+    ) -> Option<CrashLoop> {
+        self.crash_loop(now, any_ready)
+            .filter(|_| self.free(now, limit.max(1), taken).is_none())
     }
 }
 
@@ -128,11 +175,6 @@ mod tests {
         assert!(!b.may_start(t0 + 5 * S));
         assert_eq!(b.next_start(t0 + 5 * S), Some(t0 + 11 * S));
         assert!(b.may_start(t0 + 11 * S));
-        assert!(b.refusing(t0 + 5 * S).is_some());
-        assert!(
-            b.refusing(t0 + 11 * S).is_none(),
-            "the next attempt may come"
-        );
         assert!(
             b.crash_loop(t0 + 11 * S).is_some(),
             "still shown until a replica is ready"
@@ -167,6 +209,49 @@ mod tests {
         b.observe(t0 + 1000 * S, true);
         b.failed(t0 + 1000 * S, "d".into());
         assert!(b.may_start(t0 + 1000 * S));
+    }
+
+    #[test]
+    fn a_slot_that_keeps_failing_waits_while_the_others_start_at_once() {
+        let t0 = Instant::now();
+        let mut slots = Slots::default();
+        // Slot 2's replica is killed twice; slots 1 and 3 serve.
+        slots.failed(2, t0, "signal: 9 (SIGKILL)".into());
+        assert_eq!(
+            slots.free(t0, 3, &[1, 3]),
+            Some(2),
+            "the first is replaced at once"
+        );
+        slots.failed(2, t0 + S, "signal: 9 (SIGKILL)".into());
+        assert_eq!(slots.free(t0 + 2 * S, 3, &[1, 3]), None);
+        assert_eq!(slots.free(t0 + 10 * S, 3, &[1, 3]), None);
+        // A fourth replica (more demand, or a rollout's surge) takes slot 4 at once.
+        assert_eq!(slots.free(t0 + 2 * S, 4, &[1, 3]), Some(4));
+        // Others are ready: no crash loop for the component.
+        slots.observe(t0 + 2 * S, |s| s != 2);
+        assert_eq!(slots.crash_loop(t0 + 2 * S, true), None);
+        assert!(slots.refusing(t0 + 2 * S, true, 3, &[1, 3]).is_none());
+        assert_eq!(slots.free(t0 + 11 * S, 3, &[1, 3]), Some(2));
+    }
+
+    #[test]
+    fn a_component_whose_only_slot_keeps_failing_is_in_a_crash_loop() {
+        let t0 = Instant::now();
+        let mut slots = Slots::default();
+        slots.failed(1, t0, "exit status: 1: model load failed".into());
+        assert!(slots.crash_loop(t0, false).is_none(), "one failure");
+        slots.failed(1, t0 + S, "exit status: 1: model load failed".into());
+        let c = slots.refusing(t0 + 2 * S, false, 1, &[]).expect("refused");
+        assert_eq!(c.failures, 2);
+        assert!(
+            slots.refusing(t0 + 11 * S, false, 1, &[]).is_none(),
+            "the next attempt may come"
+        );
+        // Wanted count 0 (scaled to zero meanwhile): the next request may still bring a start.
+        assert!(slots.refusing(t0 + 11 * S, false, 0, &[]).is_none());
+        assert!(slots.crash_loop(t0 + 11 * S, false).is_some());
+        // Slot 2 is not a way around slot 1's backoff when one replica is wanted.
+        assert_eq!(slots.free(t0 + 2 * S, 1, &[]), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! One host, nvidia-docker style: each replica is a `siesta serve` child process on a free
 //! loopback port. A supervisor per component converges on the wanted count: starts replicas,
 //! publishes them once `/v2/health/ready` answers, stops extra ones with SIGTERM (they drain), and
-//! replaces replicas that crashed, spacing the restarts of a crash-looping component as kubelet
-//! does (`crash_loop`). Replica logs go to `LOG_DIR/<component>-<slot>.log`: one file per
+//! replaces replicas that crashed, spacing the restarts of each replica slot as kubelet does a
+//! pod's (`crash_loop`). Replica logs go to `LOG_DIR/<component>-<slot>.log`: one file per
 //! replica slot, each start appended, so a crash loop does not make a file per attempt.
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::crash_loop::{Backoff, CrashLoop};
+use super::crash_loop::{CrashLoop, Slots};
 use super::gpu::{GpuInventory, place};
 use super::rollout::{self, Seen};
 use super::{
@@ -56,7 +56,8 @@ struct Component {
     endpoints: watch::Sender<Vec<Endpoint>>,
     replicas: Mutex<Vec<Replica>>,
     pending: Mutex<Option<String>>,
-    backoff: Mutex<Backoff>,
+    /// Per replica slot, as kubelet backs off per pod.
+    backoff: Mutex<Slots>,
     crash_loop: watch::Sender<Option<CrashLoop>>,
 }
 
@@ -157,7 +158,7 @@ impl ReplicaBackend for LocalBackend {
             endpoints: watch::channel(Vec::new()).0,
             replicas: Mutex::new(Vec::new()),
             pending: Mutex::new(None),
-            backoff: Mutex::new(Backoff::default()),
+            backoff: Mutex::new(Slots::default()),
             crash_loop: watch::channel(None).0,
         });
         self.inner
@@ -187,6 +188,7 @@ impl ReplicaBackend for LocalBackend {
     fn status(&self, key: &ComponentKey) -> Result<BackendStatus, BackendError> {
         let c = self.component(key)?;
         let replicas = c.replicas.lock();
+        let any_ready = replicas.iter().any(|r| matches!(r.phase, Phase::Ready(..)));
         Ok(BackendStatus {
             desired: *c.desired.borrow(),
             starting: replicas
@@ -198,7 +200,7 @@ impl ReplicaBackend for LocalBackend {
                 .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
             pending: c.pending.lock().clone(),
-            crash_loop: c.backoff.lock().crash_loop(Instant::now()),
+            crash_loop: c.backoff.lock().crash_loop(Instant::now(), any_ready),
         })
     }
 
@@ -260,13 +262,14 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
     loop {
         reap(&c);
         let now = Instant::now();
-        let any_ready = c
+        let ready_slots: Vec<usize> = c
             .replicas
             .lock()
             .iter()
-            .any(|r| matches!(r.phase, Phase::Ready(..)));
-        c.backoff.lock().observe(now, any_ready);
-        publish_crash_loop(&c, now);
+            .filter(|r| matches!(r.phase, Phase::Ready(..)))
+            .map(|r| r.slot)
+            .collect();
+        c.backoff.lock().observe(now, |s| ready_slots.contains(&s));
         let want = *desired.borrow_and_update() as usize;
         let generation = c.template.lock().0;
         let (live, seen): (Vec<usize>, Vec<Seen>) = {
@@ -285,13 +288,24 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         };
         let plan = rollout::plan(want, &seen);
         stop(&c, plan.stop.iter().map(|&i| live[i]));
-        let backing_off = c.backoff.lock().next_start(now);
-        if plan.start > 0 && backing_off.is_some() {
-            *c.pending.lock() = None;
-        } else if plan.start > 0 {
+        // Every replica keeps its slot until it exits (a stopping one too); new ones take the
+        // lowest free slots that are not backing off, never past the count this round needs
+        // (so a failing slot is waited for, not replaced by a fresh one).
+        let mut taken: Vec<usize> = c.replicas.lock().iter().map(|r| r.slot).collect();
+        let limit = taken.len() + plan.start;
+        publish_crash_loop(&c, now, !ready_slots.is_empty(), limit, &taken);
+        if plan.start > 0 {
             for _ in 0..plan.start {
-                match start_replica(&inner, &c) {
-                    Ok(()) => *c.pending.lock() = None,
+                let Some(slot) = c.backoff.lock().free(now, limit, &taken) else {
+                    // Backing off: not pending on anything else.
+                    *c.pending.lock() = None;
+                    break;
+                };
+                match start_replica(&inner, &c, slot) {
+                    Ok(()) => {
+                        taken.push(slot);
+                        *c.pending.lock() = None
+                    }
                     Err(StartError::Pending(reason)) => {
                         let mut pending = c.pending.lock();
                         if pending.as_deref() != Some(reason.as_str()) {
@@ -342,22 +356,22 @@ fn reap(c: &Component) {
                     None => format!("replica {} {status}", r.id),
                 };
                 tracing::warn!(component = %c.key, replica = %r.id, %error, "replica failed");
-                failures.push(error);
+                failures.push((r.slot, error));
             }
             false
         }
         _ => true,
     });
     let now = Instant::now();
-    for error in failures {
-        c.backoff.lock().failed(now, error);
+    for (slot, error) in failures {
+        c.backoff.lock().failed(slot, now, error);
     }
 }
 
 /// Tells held requests (through the pool) when the component is crash-looping and no replica
 /// may start yet, and when a start is allowed again.
-fn publish_crash_loop(c: &Component, now: Instant) {
-    let current = c.backoff.lock().refusing(now);
+fn publish_crash_loop(c: &Component, now: Instant, any_ready: bool, limit: usize, taken: &[usize]) {
+    let current = c.backoff.lock().refusing(now, any_ready, limit, taken);
     c.crash_loop.send_if_modified(|old| {
         let same = match (old.as_ref(), current.as_ref()) {
             (Some(a), Some(b)) => (a.failures, &a.last_error) == (b.failures, &b.last_error),
@@ -463,17 +477,11 @@ fn choose_gpu(inner: &Inner, template: &ReplicaTemplate) -> Result<Option<(u32, 
         .map_err(StartError::Pending)
 }
 
-fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartError> {
+fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<(), StartError> {
     let (generation, template) = c.template.lock().clone();
     let gpu = choose_gpu(inner, &template)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
-    let slot = {
-        let replicas = c.replicas.lock();
-        (1..)
-            .find(|s| replicas.iter().all(|r| r.slot != *s))
-            .expect("a free slot")
-    };
     std::fs::create_dir_all(&inner.log_dir).map_err(StartError::Io)?;
     let log_path = inner.log_dir.join(format!("{}-{slot}.log", c.key));
     let mut log = std::fs::OpenOptions::new()
@@ -536,6 +544,7 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>) -> Result<(), StartErro
                     let _ = r.child.start_kill();
                 }
                 c.backoff.lock().failed(
+                    slot,
                     Instant::now(),
                     format!(
                         "replica {id} was not ready within the startup deadline of {} s",

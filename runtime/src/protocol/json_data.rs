@@ -67,62 +67,6 @@ fn non_finite(v: &Value) -> Option<f64> {
     }
 }
 
-/// Shape of a rectangular nested array (`[]` for a scalar).
-pub fn infer_shape(v: &Value) -> Result<Vec<usize>> {
-    let mut shape = Vec::new();
-    let mut cur = v;
-    while let Value::Array(items) = cur {
-        shape.push(items.len());
-        match items.first() {
-            Some(first) => cur = first,
-            None => break,
-        }
-    }
-    Ok(shape)
-}
-
-/// Appends every leaf of a nested array, depth first; errors on ragged nesting.
-pub fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<()> {
-    fn walk<'a>(
-        v: &'a Value,
-        depth: usize,
-        leaf_depth: &mut Option<usize>,
-        out: &mut Vec<&'a Value>,
-    ) -> Result<()> {
-        match v {
-            Value::Array(items) => {
-                for item in items {
-                    walk(item, depth + 1, leaf_depth, out)?;
-                }
-                Ok(())
-            }
-            leaf => {
-                match leaf_depth {
-                    Some(d) if *d != depth => {
-                        return Err(invalid(
-                            "'data' is ragged: nested arrays have different depths".into(),
-                        ));
-                    }
-                    _ => *leaf_depth = Some(depth),
-                }
-                out.push(leaf);
-                Ok(())
-            }
-        }
-    }
-    walk(v, 0, &mut None, out)
-}
-
-/// Encodes JSON leaves as `datatype` bytes.
-pub fn encode_values(name: &str, datatype: DataType, values: &[&Value]) -> Result<Vec<u8>> {
-    let elem = datatype.element_size().unwrap_or(8);
-    let mut out = Vec::with_capacity(values.len() * elem);
-    for (i, v) in values.iter().enumerate() {
-        encode_leaf(name, datatype, i, v, &mut out)?;
-    }
-    Ok(out)
-}
-
 /// Appends leaf number `i` as `datatype` bytes; a value of the wrong kind or out of range is an
 /// error naming the input, the element and the value.
 fn encode_leaf(
@@ -181,6 +125,30 @@ fn encode_leaf(
 /// times its size), and stopping at the first element beyond `count`, so a client's oversized
 /// or ragged data costs no more than the tensor it claims.
 pub fn decode_data(name: &str, datatype: DataType, count: usize, raw: &str) -> Result<Vec<u8>> {
+    let leaves = walk(name, datatype, count, raw)?;
+    if leaves.seen != count {
+        return Err(invalid(format!(
+            "input '{name}': the shape needs {count} elements, 'data' has {}",
+            leaves.seen
+        )));
+    }
+    Ok(leaves.out)
+}
+
+/// Decodes a rectangular nested array of values (a V1 row, raw JSON text) into `datatype`
+/// bytes and its shape (`[]` for a scalar), one leaf at a time like [`decode_data`]; its size
+/// is what the text holds, so the caller's body limit bounds it.
+pub fn decode_nested(name: &str, datatype: DataType, raw: &str) -> Result<(Vec<u8>, Vec<usize>)> {
+    let leaves = walk(name, datatype, usize::MAX, raw)?;
+    let dims: Vec<usize> = leaves.dims.iter().map(|d| d.unwrap_or(0)).collect();
+    let shape = match leaves.leaf_depth {
+        Some(d) => dims[..d].to_vec(),
+        None => dims,
+    };
+    Ok((leaves.out, shape))
+}
+
+fn walk<'a>(name: &'a str, datatype: DataType, count: usize, raw: &str) -> Result<Leaves<'a>> {
     let elem = datatype.element_size().unwrap_or(8);
     let mut leaves = Leaves {
         name,
@@ -189,6 +157,7 @@ pub fn decode_data(name: &str, datatype: DataType, count: usize, raw: &str) -> R
         seen: 0,
         depth: 0,
         leaf_depth: None,
+        dims: Vec::new(),
         out: Vec::with_capacity(count.saturating_mul(elem).min(raw.len() * 8)),
         error: None,
     };
@@ -199,13 +168,7 @@ pub fn decode_data(name: &str, datatype: DataType, count: usize, raw: &str) -> R
         return Err(e);
     }
     walked.map_err(|e| invalid(format!("input '{name}': 'data' is not valid: {e}")))?;
-    if leaves.seen != count {
-        return Err(invalid(format!(
-            "input '{name}': the shape needs {count} elements, 'data' has {}",
-            leaves.seen
-        )));
-    }
-    Ok(leaves.out)
+    Ok(leaves)
 }
 
 /// The walk over one input's data; an error of Siesta's own (wrong value, too many elements,
@@ -217,11 +180,39 @@ struct Leaves<'a> {
     seen: usize,
     depth: usize,
     leaf_depth: Option<usize>,
+    /// The length of the arrays at each depth: every array at one depth has the same.
+    dims: Vec<Option<usize>>,
     out: Vec<u8>,
     error: Option<ServeError>,
 }
 
 impl Leaves<'_> {
+    /// An array at `depth` ended with `len` elements.
+    fn array_len<E: serde::de::Error>(
+        &mut self,
+        depth: usize,
+        len: usize,
+    ) -> std::result::Result<(), E> {
+        if self.dims.len() <= depth {
+            self.dims.resize(depth + 1, None);
+        }
+        match self.dims[depth] {
+            Some(n) if n != len => {
+                let e = invalid(format!(
+                    "input '{}': 'data' is ragged: arrays at depth {depth} have {n} and {len} elements",
+                    self.name
+                ));
+                let msg = e.to_string();
+                self.error = Some(e);
+                Err(E::custom(msg))
+            }
+            _ => {
+                self.dims[depth] = Some(len);
+                Ok(())
+            }
+        }
+    }
+
     fn leaf<E: serde::de::Error>(&mut self, v: Value) -> std::result::Result<(), E> {
         let fail = |this: &mut Self, e: ServeError| {
             let msg = e.to_string();
@@ -271,10 +262,14 @@ impl<'de> serde::de::Visitor<'de> for &mut Leaves<'_> {
         self,
         mut seq: A,
     ) -> std::result::Result<(), A::Error> {
+        let depth = self.depth;
         self.depth += 1;
-        while seq.next_element_seed(&mut *self)?.is_some() {}
+        let mut len = 0;
+        while seq.next_element_seed(&mut *self)?.is_some() {
+            len += 1;
+        }
         self.depth -= 1;
-        Ok(())
+        self.array_len(depth, len)
     }
 
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
@@ -388,9 +383,8 @@ mod tests {
             (DataType::Bytes, json!(["abc", ""])),
         ];
         for (dt, v) in cases {
-            let mut leaves = Vec::new();
-            flatten(&v, &mut leaves).unwrap();
-            let bytes = encode_values("x", dt, &leaves).unwrap();
+            let (bytes, shape) = decode_nested("x", dt, &v.to_string()).unwrap();
+            assert_eq!(shape, [2]);
             assert_eq!(Value::Array(decode_values(dt, &bytes).unwrap()), v, "{dt}");
         }
     }
@@ -406,7 +400,7 @@ mod tests {
             (DataType::F32, json!("1.0")),
             (DataType::Bytes, json!(3)),
         ] {
-            assert!(encode_values("x", dt, &[&v]).is_err(), "{dt} {v}");
+            assert!(decode_nested("x", dt, &v.to_string()).is_err(), "{dt} {v}");
         }
     }
 
@@ -415,8 +409,7 @@ mod tests {
         let body = br#"{"s": "NaN Infinity \" NaN", "d": [NaN, -Infinity, Infinity, 1.5]}"#;
         let v: Value = serde_json::from_slice(&quote_non_finite(body)).unwrap();
         assert_eq!(v["s"], "NaN Infinity \" NaN");
-        let leaves: Vec<&Value> = v["d"].as_array().unwrap().iter().collect();
-        let bytes = encode_values("x", DataType::F32, &leaves).unwrap();
+        let (bytes, _) = decode_nested("x", DataType::F32, &v["d"].to_string()).unwrap();
         let f: Vec<f32> = bytes
             .chunks(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -430,12 +423,21 @@ mod tests {
 
     #[test]
     fn ragged_nesting_is_rejected_and_shapes_are_inferred() {
-        let mut out = Vec::new();
-        assert!(flatten(&json!([[1, 2], 3]), &mut out).is_err());
-        assert_eq!(
-            infer_shape(&json!([[1, 2], [3, 4], [5, 6]])).unwrap(),
-            vec![3, 2]
-        );
+        for ragged in [
+            "[[1, 2], 3]",
+            "[[1, 2], [3]]",
+            "[[[1], [2]], [[3, 4], [5, 6]]]",
+        ] {
+            let e = decode_nested("x", DataType::I32, ragged)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ragged"), "{ragged}: {e}");
+        }
+        let shape = |raw: &str| decode_nested("x", DataType::I32, raw).unwrap().1;
+        assert_eq!(shape("[[1, 2], [3, 4], [5, 6]]"), [3, 2]);
+        assert_eq!(shape("7"), [] as [usize; 0]);
+        assert_eq!(shape("[]"), [0]);
+        assert_eq!(shape("[[], []]"), [2, 0]);
         assert_eq!(
             nest(vec![json!(1), json!(2), json!(3), json!(4)], &[2, 2]),
             json!([[1, 2], [3, 4]])

@@ -2,34 +2,60 @@
 //! `{"predictions": [...]}` out. Binary values come as `{"b64": "..."}`.
 
 use base64::Engine;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 use siesta_models::{DataType, ModelConfig, Tensor, TensorSpec};
 
 use super::InferRequest;
-use super::json_data::{
-    decode_values, encode_values, flatten, infer_shape, nest, quote_non_finite,
-};
+use super::json_data::{decode_nested, decode_values, nest, quote_non_finite};
 use crate::error::{Result, ServeError};
 
 fn invalid(msg: impl Into<String>) -> ServeError {
     ServeError::InvalidInput(msg.into())
 }
 
+/// The parts of a V1 body Siesta reads, left as raw JSON text: rows are decoded one leaf at a
+/// time into their tensors, never into a `Value` tree of the whole body.
+#[derive(Deserialize)]
+struct PredictBody<'a> {
+    #[serde(borrow, default)]
+    instances: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    inputs: Option<&'a RawValue>,
+}
+
+/// What a raw JSON value starts with.
+fn kind(raw: &RawValue) -> u8 {
+    raw.get()
+        .bytes()
+        .find(|b| !b.is_ascii_whitespace())
+        .unwrap_or(b'n')
+}
+
 /// Parses a V1 predict body against the model's inputs.
 pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> {
-    let body: Value = serde_json::from_slice(&quote_non_finite(body))
-        .map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
-    let obj = body.as_object().ok_or_else(|| {
-        invalid("the request body must be a JSON object with \"instances\" or \"inputs\"")
-    })?;
+    let text = quote_non_finite(body);
+    let text =
+        std::str::from_utf8(&text).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(invalid(
+            "the request body must be a JSON object with \"instances\" or \"inputs\"",
+        ));
+    }
+    let body: PredictBody =
+        serde_json::from_str(text).map_err(|e| invalid(format!("invalid JSON request: {e}")))?;
     // Per input: the list of row values.
-    let mut columns: Vec<Vec<&Value>> = vec![Vec::new(); config.inputs.len()];
-    match (obj.get("instances"), obj.get("inputs")) {
+    let mut columns: Vec<Vec<&RawValue>> = vec![Vec::new(); config.inputs.len()];
+    match (body.instances, body.inputs) {
         (Some(_), Some(_)) => {
             return Err(invalid("send either \"instances\" or \"inputs\", not both"));
         }
-        (Some(Value::Array(instances)), None) => {
-            for (i, inst) in instances.iter().enumerate() {
+        (Some(instances), None) => {
+            for (i, inst) in list_of(instances, "\"instances\"")?.into_iter().enumerate() {
                 for (col, spec) in columns.iter_mut().zip(&config.inputs) {
                     col.push(
                         instance_value(config, spec, inst)
@@ -38,13 +64,17 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
                 }
             }
         }
-        (None, Some(Value::Array(rows))) if config.inputs.len() == 1 => {
-            columns[0].extend(rows.iter())
+        (None, Some(rows)) if kind(rows) == b'[' && config.inputs.len() == 1 => {
+            columns[0] = list_of(rows, "\"inputs\"")?;
         }
-        (None, Some(Value::Object(named))) => {
+        (None, Some(named)) if kind(named) == b'{' => {
+            let named: BTreeMap<String, &RawValue> =
+                serde_json::from_str(named.get()).map_err(|e| invalid(format!("inputs: {e}")))?;
             for (col, spec) in columns.iter_mut().zip(&config.inputs) {
                 match named.get(&spec.name) {
-                    Some(Value::Array(rows)) => col.extend(rows.iter()),
+                    Some(rows) if kind(rows) == b'[' => {
+                        *col = list_of(rows, &format!("inputs.{}", spec.name))?;
+                    }
                     Some(_) => return Err(invalid(format!("inputs.{} must be a list", spec.name))),
                     None => return Err(invalid(format!("inputs: missing input '{}'", spec.name))),
                 }
@@ -56,7 +86,6 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
                 return Err(invalid(format!("inputs: unexpected input '{extra}'")));
             }
         }
-        (Some(_), None) => return Err(invalid("\"instances\" must be a list")),
         (None, Some(_)) => {
             return Err(invalid(
                 "\"inputs\" must be a list (one input) or an object of lists by input name",
@@ -87,14 +116,34 @@ pub fn parse_predict(config: &ModelConfig, body: &[u8]) -> Result<InferRequest> 
     })
 }
 
+/// The elements of a JSON list, left raw.
+fn list_of<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>> {
+    serde_json::from_str(raw.get()).map_err(|_| invalid(format!("{what} must be a list")))
+}
+
+/// An object's members, if `raw` is an object.
+fn members(raw: &RawValue) -> Result<Option<BTreeMap<String, &RawValue>>> {
+    if kind(raw) != b'{' {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(|e| invalid(format!("invalid object: {e}")))
+}
+
+fn is_b64(m: &BTreeMap<String, &RawValue>) -> bool {
+    m.len() == 1 && m.contains_key("b64")
+}
+
 fn instance_value<'a>(
     config: &ModelConfig,
     spec: &TensorSpec,
-    inst: &'a Value,
-) -> Result<&'a Value> {
-    match inst {
-        Value::Object(m) if !is_b64(m) => m
+    inst: &'a RawValue,
+) -> Result<&'a RawValue> {
+    match members(inst)? {
+        Some(m) if !is_b64(&m) => m
             .get(&spec.name)
+            .copied()
             .ok_or_else(|| invalid(format!("missing input '{}'", spec.name))),
         _ if config.inputs.len() == 1 => Ok(inst),
         _ => Err(invalid(format!(
@@ -104,12 +153,8 @@ fn instance_value<'a>(
     }
 }
 
-fn is_b64(m: &Map<String, Value>) -> bool {
-    m.len() == 1 && m.contains_key("b64")
-}
-
 /// Builds one input's batch tensor from its row values.
-fn column_tensor(config: &ModelConfig, spec: &TensorSpec, rows: &[&Value]) -> Result<Tensor> {
+fn column_tensor(config: &ModelConfig, spec: &TensorSpec, rows: &[&RawValue]) -> Result<Tensor> {
     let mut data = Vec::new();
     let mut row_shape: Option<Vec<usize>> = None;
     for (i, row) in rows.iter().enumerate() {
@@ -137,14 +182,18 @@ fn column_tensor(config: &ModelConfig, spec: &TensorSpec, rows: &[&Value]) -> Re
 
 /// One row's bytes and shape. `{"b64": ...}` is a BYTES element, or for a numeric input the
 /// row's raw little-endian values.
-fn row_bytes(spec: &TensorSpec, row: &Value) -> Result<(Vec<u8>, Vec<usize>)> {
-    if let Value::Object(m) = row {
-        let Some(Value::String(b64)) = m.get("b64").filter(|_| is_b64(m)) else {
-            return Err(invalid(format!(
-                "input '{}': objects must be {{\"b64\": \"...\"}}",
-                spec.name
-            )));
-        };
+fn row_bytes(spec: &TensorSpec, row: &RawValue) -> Result<(Vec<u8>, Vec<usize>)> {
+    if let Some(m) = members(row)? {
+        let b64 = m
+            .get("b64")
+            .filter(|_| is_b64(&m))
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "input '{}': objects must be {{\"b64\": \"...\"}}",
+                    spec.name
+                ))
+            })?;
         let raw = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| invalid(format!("input '{}': invalid base64: {e}", spec.name)))?;
@@ -165,11 +214,7 @@ fn row_bytes(spec: &TensorSpec, row: &Value) -> Result<(Vec<u8>, Vec<usize>)> {
         let shape = row_shape_for(spec, raw.len() / elem)?;
         return Ok((raw, shape));
     }
-    let shape = infer_shape(row)?;
-    let mut leaves = Vec::new();
-    flatten(row, &mut leaves)?;
-    let bytes = encode_values(&spec.name, spec.datatype, &leaves)?;
-    Ok((bytes, shape))
+    decode_nested(&spec.name, spec.datatype, row.get())
 }
 
 /// The row shape for a flat element count: the model's row shape when it is fixed.
