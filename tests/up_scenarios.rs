@@ -774,14 +774,7 @@ spec:
 async fn shutdown_answers_every_held_request() {
     // A model store that accepts connections and never answers: the replica stays loading and
     // the request stays held.
-    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let store_addr = store.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut open = Vec::new();
-        for c in store.incoming().take(16) {
-            open.push(c);
-        }
-    });
+    let store_addr = common::stuck_model_store();
     let up = Up::start(&format!(
         "
 apiVersion: serving.kserve.io/v1beta1
@@ -847,14 +840,7 @@ spec:
 async fn a_spec_change_keeps_held_requests_and_replaces_the_replicas() {
     // A model store that accepts connections and never answers: the first replica stays
     // loading, so the request stays held until the spec changes.
-    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let store_addr = store.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut open = Vec::new();
-        for c in store.incoming().take(16) {
-            open.push(c);
-        }
-    });
+    let store_addr = common::stuck_model_store();
     let spec = |uri: &str| {
         format!(
             "
@@ -915,14 +901,7 @@ spec:
 
 #[tokio::test]
 async fn hostile_clients_through_the_gateway_get_their_limits_and_leave_nothing_behind() {
-    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let store_addr = store.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut open = Vec::new();
-        for c in store.incoming().take(16) {
-            open.push(c);
-        }
-    });
+    let store_addr = common::stuck_model_store();
     let up = Up::start_with(
         &format!(
             "

@@ -271,3 +271,17 @@ pub async fn hey_all_ok(args: &[&str], body: &std::path::Path, url: &str) -> usi
     );
     codes.len()
 }
+
+/// A model store that accepts connections and never answers: a replica loading from it stays
+/// loading, so the requests for it stay held. Serves its first 16 connections.
+pub fn stuck_model_store() -> std::net::SocketAddr {
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = store.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in store.incoming().take(16) {
+            open.push(c);
+        }
+    });
+    addr
+}
