@@ -290,22 +290,6 @@ spec:
     up.stop();
 }
 
-/// Every component's status, by component name.
-async fn components(up: &Up) -> std::collections::HashMap<String, Value> {
-    let s: Value = reqwest::get(format!("{}/siesta/status", up.gateway))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    s["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["component"].as_str().unwrap().to_string(), c.clone()))
-        .collect()
-}
-
 /// The first held-out digit as a 28x28 image in [0, 1], and its label.
 fn held_out_digit() -> (Vec<f32>, u8) {
     common::held_out_digits().swap_remove(0)
@@ -342,7 +326,7 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = components(&up).await;
+        let c = up.components().await;
         if ready_both(&c) {
             assert_eq!(c["torch-transformer-transformer"]["metric"], "rps");
             assert_eq!(c["torch-transformer-predictor"]["metric"], "concurrency");
@@ -392,7 +376,7 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
     .unwrap();
     assert!(codes.len() > 60, "{} requests", codes.len());
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
-    let c = components(&up).await;
+    let c = up.components().await;
     let transformer = &c["torch-transformer-transformer"];
     let predictor = &c["torch-transformer-predictor"];
     let wanted = |s: &Value| s["desired"].as_u64().unwrap();
@@ -868,6 +852,21 @@ spec:
         s["waiting"] == 1 && s["starting"] == 1
     })
     .await;
+    // A broken edit first (bad YAML, then a bad field): logged and ignored, the service and
+    // its held request stay as they were.
+    for broken in [
+        "apiVersion: [unclosed\n".to_string(),
+        spec("siesta://mnist").replace("minReplicas: 0", "minReplicas: -3"),
+    ] {
+        std::fs::write(up.dir.path().join("isvc.yaml"), broken).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let s = up.status().await;
+        assert_eq!(
+            (s["waiting"].as_u64(), s["starting"].as_u64()),
+            (Some(1), Some(1)),
+            "{s}"
+        );
+    }
     // As `kubectl apply` would: the file is replaced whole, now with a model that loads.
     let staged = up.dir.path().join("isvc.yaml.new");
     std::fs::write(&staged, spec("siesta://mnist")).unwrap();
@@ -933,7 +932,7 @@ spec:
         ],
     );
     let ready = Instant::now() + Duration::from_secs(20);
-    while components(&up).await["hostile-predictor"]["ready"] != 1 {
+    while up.components().await["hostile-predictor"]["ready"] != 1 {
         assert!(Instant::now() < ready, "the replica did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -979,7 +978,7 @@ spec:
     .await
     .unwrap();
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(components(&up).await["held-predictor"]["waiting"], 0);
+    assert_eq!(up.components().await["held-predictor"]["waiting"], 0);
 
     // Undeclared (chunked) past the limit: refused, and streamed rather than buffered (the
     // gateway's memory stays far below the 70 MiB sent).
@@ -1048,19 +1047,19 @@ spec:
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while components(&up).await["held-predictor"]["waiting"] != 4 {
+    while up.components().await["held-predictor"]["waiting"] != 4 {
         assert!(Instant::now() < deadline, "four streams held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(components(&up).await["held-predictor"]["waiting"], 4);
+    assert_eq!(up.components().await["held-predictor"]["waiting"], 4);
     for c in &calls {
         c.abort();
     }
     drop(h2);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let c = components(&up).await;
+        let c = up.components().await;
         if c["held-predictor"]["waiting"] == 0 && c["held-predictor"]["in_flight"] == 0 {
             break;
         }

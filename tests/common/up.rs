@@ -64,14 +64,29 @@ impl Up {
         }
     }
 
+    /// The first component's status (the one a single-service scenario has).
     pub async fn status(&self) -> Value {
-        let s: Value = reqwest::get(format!("{}/siesta/status", self.gateway))
+        self.document().await["components"][0].clone()
+    }
+
+    /// Every component's status, by component name.
+    pub async fn components(&self) -> std::collections::HashMap<String, Value> {
+        let doc = self.document().await;
+        doc["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["component"].as_str().unwrap().to_string(), c.clone()))
+            .collect()
+    }
+
+    async fn document(&self) -> Value {
+        reqwest::get(format!("{}/siesta/status", self.gateway))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        s["components"][0].clone()
+            .unwrap()
     }
 
     pub async fn wait_for(
