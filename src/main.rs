@@ -235,7 +235,8 @@ struct ServeArgs {
     /// Name the model is served under. With no --storage-uri, `mnist` serves the embedded model.
     #[arg(long, default_value = MNIST_NAME, env = "SIESTA_MODEL_NAME")]
     model_name: String,
-    /// Where the model lives: a local path, file://, http(s)://, or gs:// s3:// pvc:// hf:// through --storage-mirror.
+    /// Where the model lives: a local path, file://, http(s)://, gs://, s3://, az://,
+    /// https://ACCOUNT.blob.core.windows.net/, hf://ORG/REPO[:REVISION], pvc:// (README "Storage URIs").
     #[arg(long, alias = "model-uri", env = "STORAGE_URI")]
     storage_uri: Option<String>,
     /// A directory of model directories that the repository API can load by name.
@@ -305,9 +306,19 @@ struct ServeArgs {
     /// Local paths must stay under this directory.
     #[arg(long)]
     model_root: Option<PathBuf>,
-    /// Where http(s) models are downloaded.
+    /// The model cache every replica on this host shares (downloads of every remote scheme).
     #[arg(long, env = "SIESTA_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Past this many bytes, least recently used cached models not being loaded are removed.
+    #[arg(long, env = "SIESTA_CACHE_MAX_BYTES")]
+    cache_max_bytes: Option<u64>,
+    /// `check`: list the store and download only what changed; `trust`: use the newest cached
+    /// copy without contacting the store.
+    #[arg(long, default_value = "check", env = "SIESTA_CACHE_FRESHNESS")]
+    cache_freshness: siesta_models::storage::Freshness,
+    /// Objects of one model downloaded at once.
+    #[arg(long, default_value_t = 8)]
+    download_concurrency: usize,
     /// Names this replica in logs and spans (the lifecycle manager sets it).
     #[arg(long, env = "SIESTA_REPLICA_ID")]
     replica_id: Option<String>,
@@ -387,7 +398,11 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
             storage: StorageOptions {
                 model_root: a.model_root,
                 cache_dir,
+                cache_max_bytes: a.cache_max_bytes,
+                freshness: a.cache_freshness,
+                download_concurrency: a.download_concurrency.max(1),
                 mirrors: a.storage_mirror,
+                env: None,
             },
             repository: a.model_repository,
             control: a.model_control_mode,

@@ -56,6 +56,40 @@ impl From<candle_core::Error> for ModelError {
     }
 }
 
+/// Why an object store refused or failed a model's download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteCause {
+    NotFound,
+    Forbidden,
+    /// The object changed between listing and download.
+    Changed,
+    Network,
+    Other,
+}
+
+impl std::fmt::Display for RemoteCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotFound => "not found",
+            Self::Forbidden => "forbidden (check the credentials)",
+            Self::Changed => "changed during the download",
+            Self::Network => "network error",
+            Self::Other => "store error",
+        })
+    }
+}
+
+impl RemoteCause {
+    fn hint(&self) -> &'static str {
+        match self {
+            Self::Network => {
+                "; if this host cannot reach the store, serve a local copy with --storage-mirror PREFIX=file:///DIR/"
+            }
+            _ => "",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage URI '{uri}': {reason}")]
@@ -68,15 +102,6 @@ pub enum StorageError {
     },
     #[error("storage URI '{uri}': no such path {path}")]
     NotFound { uri: String, path: PathBuf },
-    #[error(
-        "storage URI '{uri}': scheme '{scheme}' needs network access Siesta does not have; tried mirrors [{tried}]; \
-         add --storage-mirror {scheme}://PREFIX=file:///local/dir/"
-    )]
-    NoMirror {
-        uri: String,
-        scheme: String,
-        tried: String,
-    },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
     #[error("download of {url}: size {got} bytes, expected {expected}")]
@@ -91,9 +116,33 @@ pub enum StorageError {
         expected: String,
         got: String,
     },
+    #[error("storage URI '{uri}': {object}: {cause}: {detail}{hint}", hint = cause.hint())]
+    Remote {
+        uri: String,
+        object: String,
+        cause: RemoteCause,
+        detail: String,
+    },
+    #[error(
+        "storage URI '{uri}': pvc:// names a PersistentVolumeClaim, which only a cluster mounts; on one host use the claim's files (a local path or file://)"
+    )]
+    PvcOutsideCluster { uri: String },
     #[error("cache {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StorageError {
+    /// Worth another attempt from where the download stopped.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Remote {
+                cause: RemoteCause::Network | RemoteCause::Other,
+                ..
+            }
+        )
+    }
 }

@@ -35,7 +35,7 @@ mod vision;
 pub use config::{ImagePreprocessing, ModelConfig, ScoreKind, TensorSpec};
 pub use device::DeviceSpec;
 pub use engine::Engine;
-pub use error::{ModelError, StorageError, TensorError};
+pub use error::{ModelError, RemoteCause, StorageError, TensorError};
 pub use loader::{LoadOptions, ModelSource, load_model};
 pub use model::Model;
 pub use precision::Precision;

@@ -110,6 +110,18 @@ pub fn server_draining(draining: bool) {
     gauge!("siesta_server_draining").set(if draining { 1.0 } else { 0.0 });
 }
 
+/// How the model's files were obtained at its last load, and what a download cost: the five
+/// replicas of a cold start show one `downloaded` and four `cached`.
+pub fn model_fetched(model: &str, fetched: &siesta_models::storage::Fetched) {
+    counter!("siesta_model_fetches_total", "model" => model.to_string(), "source" => fetched.label())
+        .increment(1);
+    if let siesta_models::storage::Fetched::Downloaded { bytes, seconds } = fetched {
+        counter!("siesta_model_download_bytes_total", "model" => model.to_string())
+            .increment(*bytes);
+        gauge!("siesta_model_download_seconds", "model" => model.to_string()).set(*seconds);
+    }
+}
+
 pub fn load_phases(model: &str, load: Duration, warm_up: Duration) {
     gauge!("siesta_model_load_seconds", "model" => model.to_string()).set(load.as_secs_f64());
     gauge!("siesta_model_warm_up_seconds", "model" => model.to_string()).set(warm_up.as_secs_f64());

@@ -341,9 +341,18 @@ fn load_and_warm_up(
     location: &ModelLocation,
     opts: &RegistryOptions,
 ) -> Result<Box<dyn Model>> {
-    let source = match location {
-        ModelLocation::Embedded => ModelSource::EmbeddedMnist,
-        ModelLocation::Uri(uri) => ModelSource::Dir(storage::resolve(uri, &opts.storage)?),
+    // Held until the model is loaded: the cache does not evict an entry being read.
+    let resolved = match location {
+        ModelLocation::Embedded => None,
+        ModelLocation::Uri(uri) => {
+            let resolved = storage::resolve(uri, &opts.storage)?;
+            crate::metrics::model_fetched(name, &resolved.fetched);
+            Some(resolved)
+        }
+    };
+    let source = match &resolved {
+        None => ModelSource::EmbeddedMnist,
+        Some(r) => ModelSource::Dir(r.dir.clone()),
     };
     let load_opts = LoadOptions {
         name: Some(name.to_string()),
@@ -357,6 +366,7 @@ fn load_and_warm_up(
     let started = tokio::time::Instant::now();
     let mut model = siesta_models::load_model(&source, &load_opts)?;
     let loaded = started.elapsed();
+    drop(resolved);
     warm_up(model.as_mut())?;
     crate::metrics::load_phases(name, loaded, started.elapsed() - loaded);
     tracing::info!(
