@@ -37,6 +37,10 @@ pub struct ControllerArgs {
     /// Status URLs are http://NAME.NAMESPACE.DOMAIN.
     #[arg(long, default_value = "example.com")]
     domain: String,
+    /// The node directory model replicas share as their model cache (hostPath, created if
+    /// missing; it must be writable by the replicas' user). "" turns the shared cache off.
+    #[arg(long, default_value = siesta_k8s::desired::MODEL_CACHE_DIR)]
+    model_cache_host_path: String,
 }
 
 #[derive(Parser)]
@@ -114,6 +118,7 @@ pub async fn run_controller(a: ControllerArgs) -> Result<()> {
             drain_secs: a.drain_secs,
             domain: a.domain,
             api_group: a.api_group,
+            model_cache_host_path: Some(a.model_cache_host_path).filter(|p| !p.is_empty()),
         },
     )
     .await;

@@ -191,6 +191,9 @@ struct UpArgs {
     /// PREFIX=TARGET storage mirrors, passed to every replica (repeatable).
     #[arg(long, value_parser = parse_mirror)]
     storage_mirror: Vec<(String, String)>,
+    /// The model cache all replicas share (default: a replica's, ~/.cache/siesta/models).
+    #[arg(long, env = "SIESTA_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     /// Device memory a replica needs beyond its weights (CUDA context, activations), in MiB.
     #[arg(long, default_value_t = 512)]
     gpu_memory_overhead_mib: u64,
@@ -370,6 +373,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Where replicas cache models unless told otherwise; the same for every replica of a user.
+pub(crate) fn default_cache_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/siesta/models"))
+        .unwrap_or_else(|| std::env::temp_dir().join("siesta-models"))
+}
+
 fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
     let location = match a.storage_uri {
         Some(uri) if uri == EMBEDDED_URI => ModelLocation::Embedded,
@@ -380,11 +390,7 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
             a.model_name
         ),
     };
-    let cache_dir = a.cache_dir.unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/siesta/models"))
-            .unwrap_or_else(|| std::env::temp_dir().join("siesta-models"))
-    });
+    let cache_dir = a.cache_dir.unwrap_or_else(default_cache_dir);
     Ok(ServeConfig {
         models: vec![(a.model_name, location)],
         registry: RegistryOptions {

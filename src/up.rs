@@ -10,6 +10,7 @@ use siesta_lifecycle::manifest;
 use siesta_lifecycle::up::{self as lifecycle_up, GpuMemoryEstimate, UpConfig};
 use siesta_models::DeviceSpec;
 use siesta_models::embedded::MNIST_WEIGHTS;
+use siesta_models::storage::{ModelCache, RemoteUri};
 
 use crate::UpArgs;
 
@@ -21,6 +22,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
     for (from, to) in &a.storage_mirror {
         replica_args.extend(["--storage-mirror".to_string(), format!("{from}={to}")]);
     }
+    let cache = ModelCache::new(&a.cache_dir.unwrap_or_else(crate::default_cache_dir), None);
+    replica_args.extend([
+        "--cache-dir".to_string(),
+        cache.root().display().to_string(),
+    ]);
     let gpus: Option<Arc<dyn GpuInventory>> = match a.device {
         // Pinned to a device (cpu, or one named GPU): no placement.
         DeviceSpec::Cpu | DeviceSpec::Cuda(_) => None,
@@ -32,7 +38,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let overhead = a.gpu_memory_overhead_mib << 20;
     let mirrors = a.storage_mirror.clone();
     let gpu_memory: GpuMemoryEstimate = Arc::new(move |uri| {
-        Some(model_bytes(uri, &mirrors).unwrap_or(UNKNOWN_MODEL_BYTES) + overhead)
+        Some(model_bytes(uri, &mirrors, &cache).unwrap_or(UNKNOWN_MODEL_BYTES) + overhead)
     });
     let cfg = UpConfig {
         services,
@@ -74,8 +80,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
 const UNKNOWN_MODEL_BYTES: u64 = 1 << 30;
 
 /// The size of a model's files where it can be known without a download: the embedded model,
-/// and local directories (directly or through a mirror).
-fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)]) -> Option<u64> {
+/// local directories (directly or through a mirror), and remote models in the shared cache.
+fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)], cache: &ModelCache) -> Option<u64> {
     let uri = match uri {
         None | Some("siesta://mnist") => return Some(MNIST_WEIGHTS.len() as u64),
         Some(u) => u,
@@ -88,6 +94,9 @@ fn model_bytes(uri: Option<&str>, mirrors: &[(String, String)]) -> Option<u64> {
             || uri.to_string(),
             |(from, to)| format!("{to}{}", &uri[from.len()..]),
         );
+    if let Ok(Some(remote)) = RemoteUri::parse(&mapped) {
+        return cache.recorded_bytes(&remote.to_string());
+    }
     if mapped.contains("://") && !mapped.starts_with("file://") {
         return None;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
@@ -22,6 +22,7 @@ use crate::backend::{PodView, crash_loop};
 use crate::crd::{
     ComponentStatus, Condition, InferenceService, InferenceServiceSpec, InferenceServiceStatus,
 };
+use crate::credentials::StorageCredentials;
 use crate::desired::{self, Settings};
 use crate::error::ControllerError;
 
@@ -59,6 +60,38 @@ pub fn parse(obj: &DynamicObject) -> Result<InferenceService, ControllerError> {
     Ok(isvc)
 }
 
+/// The storage credentials KServe's convention derives from the component's service account (its
+/// `secrets`); a listed secret that does not exist is skipped with a warning, as the kubelet would
+/// fail the pod on it otherwise.
+async fn storage_credentials(
+    client: &Client,
+    ns: &str,
+    spec: &crate::crd::ComponentSpec,
+) -> Result<StorageCredentials, ControllerError> {
+    let Some(sa) = &spec.service_account_name else {
+        return Ok(StorageCredentials::default());
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let Some(account) = accounts.get_opt(sa).await? else {
+        tracing::warn!(service_account = %sa, "service account not found; no storage credentials");
+        return Ok(StorageCredentials::default());
+    };
+    let mut found = Vec::new();
+    for name in account
+        .secrets
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.as_deref())
+    {
+        match secrets.get_opt(name).await? {
+            Some(secret) => found.push(secret),
+            None => tracing::warn!(service_account = %sa, secret = name, "listed secret not found"),
+        }
+    }
+    Ok(StorageCredentials::from_secrets(&found))
+}
+
 pub async fn reconcile(
     obj: Arc<DynamicObject>,
     ctx: Arc<Context>,
@@ -83,7 +116,8 @@ pub async fn reconcile(
     let mut all_ready = true;
     for (kind, spec) in desired::components(&isvc) {
         let object = desired::object_name(&isvc, kind);
-        let want = desired::deployment(&isvc, kind, spec, &ctx.settings)?;
+        let creds = storage_credentials(&ctx.client, &ns, spec).await?;
+        let want = desired::deployment(&isvc, kind, spec, &ctx.settings, &creds)?;
         let applied = deployments
             .patch(&object, &apply, &Patch::Apply(&want))
             .await?;

@@ -17,6 +17,7 @@ use siesta_lifecycle::manifest::{self, ClusterDefaults, ComponentKind};
 use siesta_lifecycle::replica::{Replica, Role, Site, replica};
 
 use crate::crd::{ComponentSpec, InferenceService};
+use crate::credentials::StorageCredentials;
 use crate::error::ControllerError;
 
 pub const LABEL_SERVICE: &str = "serving.siesta.dev/inferenceservice";
@@ -41,7 +42,14 @@ pub struct Settings {
     pub domain: String,
     /// The API group the InferenceServices come from (Siesta's or KServe's).
     pub api_group: String,
+    /// The node directory model replicas share as their model cache (a hostPath volume), so a
+    /// replica scheduled where the model was downloaded before starts without a download.
+    /// `None`: each pod downloads into its own filesystem.
+    pub model_cache_host_path: Option<String>,
 }
+
+/// Where a node's model cache is mounted, and the default node directory.
+pub const MODEL_CACHE_DIR: &str = "/var/cache/siesta/models";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -52,6 +60,7 @@ impl Default for Settings {
             drain_secs: 30,
             domain: "example.com".into(),
             api_group: crate::crd::SIESTA_GROUP.into(),
+            model_cache_host_path: Some(MODEL_CACHE_DIR.into()),
         }
     }
 }
@@ -142,13 +151,14 @@ fn mismatch(isvc: &InferenceService) -> ControllerError {
     }
 }
 
-/// The containers of one component's pods.
+/// The containers of one component's pods, and the volumes they mount.
 fn containers(
     isvc: &InferenceService,
     kind: ComponentKind,
     c: &ComponentSpec,
     s: &Settings,
-) -> Result<Vec<Value>, ControllerError> {
+    creds: &StorageCredentials,
+) -> Result<(Vec<Value>, Vec<Value>), ControllerError> {
     let checked = as_manifest(isvc, &ClusterDefaults::default())?;
     let component = match kind {
         ComponentKind::Predictor => &checked.predictor,
@@ -165,12 +175,13 @@ fn containers(
         Replica::Serve(serve) => serve,
         // The user's own containers run as given (KServe's contract: the first serves on 8080).
         Replica::Containers(_) => {
-            return Ok(c
+            let given = c
                 .containers
                 .iter()
                 .flatten()
                 .map(|ct| serde_json::to_value(ct).expect("serializable"))
-                .collect());
+                .collect();
+            return Ok((given, Vec::new()));
         }
     };
     // Environment and resources as the cluster states them (`valueFrom` secrets, GPU limits).
@@ -209,14 +220,70 @@ fn containers(
     if let Some(r) = resources {
         ct["resources"] = serde_json::to_value(r).expect("serializable");
     }
-    Ok(vec![ct])
+    let mut volumes = Vec::new();
+    if let (Role::Model { .. }, Some(m)) = (serve.role, &c.model) {
+        let storage = model_storage(m.storage_uri.as_deref(), s, creds);
+        let mut env: Vec<Value> = ct["env"].as_array().cloned().unwrap_or_default();
+        let given: Vec<String> = env
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(String::from))
+            .collect();
+        // What the user set on the model wins over what the convention derives.
+        env.extend(
+            storage
+                .env
+                .into_iter()
+                .filter(|e| !given.iter().any(|g| e["name"] == g.as_str())),
+        );
+        ct["env"] = json!(env);
+        if !storage.mounts.is_empty() {
+            ct["volumeMounts"] = json!(storage.mounts);
+        }
+        volumes = storage.volumes;
+    }
+    Ok((vec![ct], volumes))
 }
+
+/// The model replica's storage: credentials from its service account's secrets, the node's
+/// model cache, and a `pvc://` claim mounted where KServe mounts it.
+fn model_storage(
+    storage_uri: Option<&str>,
+    s: &Settings,
+    creds: &StorageCredentials,
+) -> StorageCredentials {
+    let mut out = creds.clone();
+    if let Some(path) = &s.model_cache_host_path {
+        out.volumes.push(json!({"name": "siesta-model-cache",
+            "hostPath": {"path": path, "type": "DirectoryOrCreate"}}));
+        out.mounts
+            .push(json!({"name": "siesta-model-cache", "mountPath": MODEL_CACHE_DIR}));
+        out.env
+            .push(json!({"name": "SIESTA_CACHE_DIR", "value": MODEL_CACHE_DIR}));
+    }
+    if let Some(claim) = storage_uri
+        .and_then(|u| u.strip_prefix("pvc://"))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|claim| !claim.is_empty())
+    {
+        out.volumes.push(json!({"name": "kserve-pvc-source",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
+        out.mounts
+            .push(json!({"name": "kserve-pvc-source", "mountPath": PVC_MOUNT, "readOnly": true}));
+        out.env
+            .push(json!({"name": "SIESTA_PVC_MOUNT", "value": PVC_MOUNT}));
+    }
+    out
+}
+
+/// Where KServe mounts a `pvc://` claim (and so where `siesta serve` looks in a pod).
+pub const PVC_MOUNT: &str = "/mnt/pvc";
 
 pub fn deployment(
     isvc: &InferenceService,
     kind: ComponentKind,
     c: &ComponentSpec,
     s: &Settings,
+    creds: &StorageCredentials,
 ) -> Result<Deployment, ControllerError> {
     let labels = labels(isvc, kind);
     let mut pod_labels = labels.clone();
@@ -232,13 +299,17 @@ pub fn deployment(
         tolerations
             .push(json!({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}));
     }
+    let (containers, volumes) = containers(isvc, kind, c, s, creds)?;
     let mut pod_spec = json!({
-        "containers": containers(isvc, kind, c, s)?,
+        "containers": containers,
         "terminationGracePeriodSeconds": s.drain_secs + 10,
         "securityContext": {"runAsNonRoot": true},
     });
     if !tolerations.is_empty() {
         pod_spec["tolerations"] = json!(tolerations);
+    }
+    if !volumes.is_empty() {
+        pod_spec["volumes"] = json!(volumes);
     }
     if let Some(ns) = &c.node_selector {
         pod_spec["nodeSelector"] = json!(ns);
@@ -306,7 +377,13 @@ pub fn render(yaml: &str, s: &Settings) -> Result<String, ControllerError> {
         let isvc = crate::controller::parse(&obj)?;
         for (kind, c) in components(&isvc) {
             let objects = [
-                serde_json::to_value(deployment(&isvc, kind, c, s)?),
+                serde_json::to_value(deployment(
+                    &isvc,
+                    kind,
+                    c,
+                    s,
+                    &StorageCredentials::default(),
+                )?),
                 serde_json::to_value(service(&isvc, kind, s)),
             ];
             for o in objects {
@@ -351,6 +428,7 @@ spec:
             ComponentKind::Predictor,
             &isvc.spec.predictor,
             &Settings::default(),
+            &StorageCredentials::default(),
         )
         .unwrap();
         let v = serde_json::to_value(&d).unwrap();
@@ -399,7 +477,14 @@ spec:
     fn kserves_image_transformer_becomes_siestas_calling_the_predictor_through_the_gateway() {
         let isvc = isvc(include_str!("../../deploy/examples/autoscale-adv.yaml"));
         let t = isvc.spec.transformer.as_ref().unwrap();
-        let d = deployment(&isvc, ComponentKind::Transformer, t, &Settings::default()).unwrap();
+        let d = deployment(
+            &isvc,
+            ComponentKind::Transformer,
+            t,
+            &Settings::default(),
+            &StorageCredentials::default(),
+        )
+        .unwrap();
         let v = serde_json::to_value(&d).unwrap();
         let args = v["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         for want in [
@@ -423,6 +508,7 @@ spec:
             ComponentKind::Predictor,
             &isvc.spec.predictor,
             &Settings::default(),
+            &StorageCredentials::default(),
         )
         .unwrap_err()
         .to_string();

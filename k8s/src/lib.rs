@@ -15,6 +15,7 @@ mod as_written;
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod desired;
 mod error;
 pub mod gateway;

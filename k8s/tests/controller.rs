@@ -281,3 +281,88 @@ async fn a_crash_looping_component_says_why_in_the_inference_services_status() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn storage_secrets_of_the_service_account_the_node_cache_and_a_pvc_reach_the_replica() {
+    let api = FakeApi::default();
+    let group = siesta_k8s::crd::SIESTA_GROUP;
+    // KServe's convention: the service account lists secrets; their keys and annotations say
+    // which store they are for. One listed secret does not exist.
+    api.insert(
+        &format!("/api/v1/namespaces/{NS}/serviceaccounts/models-reader"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "models-reader", "namespace": NS},
+               "secrets": [{"name": "s3creds"}, {"name": "gone"}]}),
+    );
+    api.insert(
+        &format!("/api/v1/namespaces/{NS}/secrets/s3creds"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "s3creds", "namespace": NS,
+                            "annotations": {"serving.kserve.io/s3-endpoint": "minio.storage:9000",
+                                            "serving.kserve.io/s3-usehttps": "0"}},
+               "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ==", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0"}}),
+    );
+    let yaml = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: private}\n\
+                spec:\n  predictor:\n    serviceAccountName: models-reader\n    model:\n      \
+                modelFormat: {name: onnx}\n      storageUri: s3://models/private\n      \
+                env: [{name: S3_USE_HTTPS, value: '1'}]\n";
+    let obj = Arc::new(submitted(&api, yaml, group));
+    reconcile(obj, ctx(&api, group)).await.unwrap();
+    let pod =
+        api.get(&deployment_path("private-predictor")).unwrap()["spec"]["template"]["spec"].clone();
+    let ct = &pod["containers"][0];
+    let env: std::collections::BTreeMap<String, Value> = ct["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect();
+    assert_eq!(
+        env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "s3creds", "key": "AWS_SECRET_ACCESS_KEY"})
+    );
+    assert_eq!(env["S3_ENDPOINT"]["value"], "minio.storage:9000");
+    assert_eq!(
+        env["S3_USE_HTTPS"]["value"], "1",
+        "the user's own env wins: {env:?}"
+    );
+    assert_eq!(env["SIESTA_CACHE_DIR"]["value"], "/var/cache/siesta/models");
+    assert!(
+        !pod.to_string().contains("c2VjcmV0"),
+        "no secret value in the pod spec"
+    );
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "siesta-model-cache",
+                "hostPath": {"path": "/var/cache/siesta/models", "type": "DirectoryOrCreate"}}])
+    );
+    assert_eq!(
+        ct["volumeMounts"][0]["mountPath"],
+        "/var/cache/siesta/models"
+    );
+
+    // pvc://: the claim mounted read-only where KServe mounts it.
+    let yaml = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: onpvc}\n\
+                spec:\n  predictor:\n    model:\n      modelFormat: {name: onnx}\n      \
+                storageUri: pvc://model-claim/resnet\n";
+    let obj = Arc::new(submitted(&api, yaml, group));
+    reconcile(obj, ctx(&api, group)).await.unwrap();
+    let pod =
+        api.get(&deployment_path("onpvc-predictor")).unwrap()["spec"]["template"]["spec"].clone();
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "kserve-pvc-source",
+            "persistentVolumeClaim": {"claimName": "model-claim", "readOnly": true}})),
+        "{pod}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(
+                &json!({"name": "kserve-pvc-source", "mountPath": "/mnt/pvc", "readOnly": true})
+            )
+    );
+}

@@ -76,6 +76,18 @@ impl ModelCache {
         }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The size of the newest cached copy of `uri`, without touching it.
+    pub fn recorded_bytes(&self, uri: &str) -> Option<u64> {
+        let key = fs::read_to_string(self.index_path(uri)).ok()?;
+        let record: EntryRecord =
+            serde_json::from_slice(&fs::read(self.record_path(key.trim())).ok()?).ok()?;
+        Some(record.bytes)
+    }
+
     fn record_path(&self, key: &str) -> PathBuf {
         self.root.join(format!("{key}.json"))
     }
@@ -328,6 +340,8 @@ mod tests {
             Some(new.clone())
         );
         assert!(cache.latest("s3://b/old").is_none());
+        assert_eq!(cache.recorded_bytes("s3://b/new"), Some(100));
+        assert_eq!(cache.recorded_bytes("s3://b/old"), None);
     }
 
     #[test]
