@@ -140,7 +140,7 @@ impl StorageError {
         matches!(
             self,
             Self::Remote {
-                cause: RemoteCause::Network | RemoteCause::Other,
+                cause: RemoteCause::Network,
                 ..
             }
         )

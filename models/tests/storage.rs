@@ -223,17 +223,25 @@ fn http_models_are_downloaded_verified_and_cached_atomically() {
     assert!(
         matches!(
             err,
-            StorageError::SizeMismatch { .. } | StorageError::Download { .. }
+            StorageError::SizeMismatch { .. }
+                | StorageError::Download { .. }
+                | StorageError::Remote { .. }
         ),
         "a short download is an error: {err}"
     );
 
-    // Only the one good model is in the cache: failed downloads left nothing behind.
+    // Only the one good model is in the cache (its directory and record): failed downloads left
+    // nothing behind, not even in staging.
     let entries: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let staged = std::fs::read_dir(cache.path().join(".staging"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0);
 }
 
 #[test]

@@ -46,6 +46,12 @@ def wait_port(port, proc, what):
     raise AssertionError(f"{what} never listened on {port}")
 
 
+def kill(proc):
+    """Emulators hold nothing worth a graceful stop (Azurite's node wrapper ignores SIGTERM)."""
+    proc.kill()
+    proc.wait()
+
+
 def stop(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -169,14 +175,14 @@ class Moto:
 def moto_public():
     m = Moto(enforce_auth=False)
     yield m
-    stop(m.proc)
+    kill(m.proc)
 
 
 @pytest.fixture(scope="module")
 def moto_private():
     m = Moto(enforce_auth=True)
     yield m
-    stop(m.proc)
+    kill(m.proc)
 
 
 def test_s3_nested_prefix_downloads_every_file_and_serves(moto_public, tmp_path):
@@ -411,7 +417,7 @@ def gcs(tmp_path_factory):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc, "fake-gcs-server")
     yield f"http://127.0.0.1:{port}"
-    stop(proc)
+    kill(proc)
 
 
 def test_gcs_walkthrough_uri_from_the_emulator(gcs, tmp_path):
@@ -473,10 +479,12 @@ def azurite():
             f"BlobEndpoint={url}/devstoreaccount1;")
     service = BlobServiceClient.from_connection_string(conn)
     container = service.create_container("models")
+    public = service.create_container("public-models", public_access="container")
     for name, body in MODEL_FILES.items():
         container.upload_blob(f"mnist/v1/{name}", body)
+        public.upload_blob(f"mnist/{name}", body)
     yield url
-    stop(proc)
+    kill(proc)
 
 
 def test_azure_blob_from_azurite(azurite, tmp_path):
@@ -490,6 +498,19 @@ def test_azure_blob_from_azurite(azurite, tmp_path):
     r, ok = serve("az://models/mnist/v2", env, tmp_path)
     try:
         assert not ok and "az://models/mnist/v2" in r.logs() and "not found" in r.logs(), r.logs()
+    finally:
+        r.stop()
+    # No key: a public container is read anonymously, a private one is refused.
+    anonymous = {"AZURE_STORAGE_ACCOUNT_NAME": "devstoreaccount1", "AZURE_STORAGE_ENDPOINT": f"{azurite}/devstoreaccount1"}
+    r, ok = serve("az://public-models/mnist", anonymous, tmp_path / "anon")
+    try:
+        assert ok and "reading anonymously" in r.logs(), r.logs()
+        r.infer_ok()
+    finally:
+        r.stop()
+    r, ok = serve("az://models/mnist/v1", anonymous, tmp_path / "anon")
+    try:
+        assert not ok and "az://models/mnist/v1" in r.logs(), r.logs()
     finally:
         r.stop()
 

@@ -55,10 +55,11 @@ pub fn entry_key(uri: &str, objects: &[RemoteObject]) -> String {
     h.update(uri.as_bytes());
     for o in objects {
         h.update(format!(
-            "\n{}\t{}\t{}",
+            "\n{}\t{}\t{}\t{}",
             o.relative,
             o.size,
-            o.version.as_deref().unwrap_or("")
+            o.version.as_deref().unwrap_or(""),
+            o.sha256.as_deref().unwrap_or("")
         ));
     }
     hex(&h.finalize()[..16])

@@ -156,7 +156,6 @@ pub fn resolve(uri: &str, opts: &StorageOptions) -> Result<Resolved, StorageErro
             opts.model_root.as_deref(),
         )
         .map(Resolved::in_place),
-        Some("http" | "https") => http::download_model(uri, &opts.cache_dir),
         Some("pvc") => resolve_pvc(uri, opts),
         Some(other) => Err(StorageError::Invalid {
             uri: uri.to_string(),
@@ -328,10 +327,17 @@ async fn list_remote(
     uri: &str,
     env: &StorageEnv,
 ) -> Result<Listed, StorageError> {
-    if let RemoteUri::Hf { repo, revision } = remote {
-        let hub = hf::open(uri, repo, revision, env).await?;
-        tracing::info!(uri, commit = %hub.commit, files = hub.objects.len(), "Hub revision resolved");
-        return Ok((hub.objects, hub.store, false));
+    match remote {
+        RemoteUri::Hf { repo, revision } => {
+            let hub = hf::open(uri, repo, revision, env).await?;
+            tracing::info!(uri, commit = %hub.commit, files = hub.objects.len(), "Hub revision resolved");
+            return Ok((hub.objects, hub.store, false));
+        }
+        RemoteUri::Http { base } => {
+            let (objects, store) = http::list(uri, base).await?;
+            return Ok((objects, store, false));
+        }
+        _ => {}
     }
     let opened = remote::open(remote, env)?;
     if opened.anonymous {

@@ -97,7 +97,9 @@ pub fn open(uri: &RemoteUri, env: &StorageEnv) -> Result<Opened, StorageError> {
         RemoteUri::Azure {
             account, container, ..
         } => azure(account.as_deref(), container, env),
-        RemoteUri::Hf { .. } => unreachable!("the Hub is listed and fetched by storage::hf"),
+        RemoteUri::Hf { .. } | RemoteUri::Http { .. } => {
+            unreachable!("the Hub and web servers are listed by storage::hf and storage::http")
+        }
     };
     built.map_err(|e| StorageError::Invalid {
         uri: uri.to_string(),
@@ -282,9 +284,15 @@ fn azure(account: Option<&str>, container: &str, env: &StorageEnv) -> object_sto
         .iter()
         .any(|k| env.get(k).is_some());
     let anonymous = !configured && !on_cloud_vm(env, "Microsoft");
+    let allow_http = emulator
+        || env.flag("AZURE_ALLOW_HTTP").unwrap_or(false)
+        || env
+            .get("AZURE_STORAGE_ENDPOINT")
+            .or(env.get("AZURE_ENDPOINT"))
+            .is_some_and(|e| e.starts_with("http://"));
     let store = b
         .with_skip_signature(anonymous)
-        .with_client_options(client_options(emulator, true))
+        .with_client_options(client_options(allow_http, true))
         .with_retry(retry())
         .build()?;
     Ok(Opened {

@@ -21,13 +21,14 @@ pub enum RemoteUri {
     },
     /// `hf://org/repo[:revision]`
     Hf { repo: String, revision: String },
+    /// `http(s)://HOST/DIR` (not Azure Blob): `DIR/config.json` and the weights it names.
+    Http { base: String },
 }
 
 const AZURE_HOST_SUFFIX: &str = ".blob.core.windows.net";
 
 impl RemoteUri {
-    /// `None` when the URI is not an object-store one (a path, `file://`, `http(s)://` that is not
-    /// Azure Blob, `pvc://`).
+    /// `None` when the URI names no remote store (a path, `file://`, `pvc://`).
     pub fn parse(uri: &str) -> Result<Option<Self>, StorageError> {
         let invalid = |reason: &str| StorageError::Invalid {
             uri: uri.to_string(),
@@ -63,10 +64,18 @@ impl RemoteUri {
                     prefix: clean_prefix(uri, prefix)?,
                 }
             }
-            "https" => {
+            "http" | "https" => {
                 let (host, path) = split_first(rest);
-                let Some(account) = host.strip_suffix(AZURE_HOST_SUFFIX) else {
-                    return Ok(None);
+                let account = host
+                    .strip_suffix(AZURE_HOST_SUFFIX)
+                    .filter(|_| scheme == "https");
+                let Some(account) = account else {
+                    if host.is_empty() {
+                        return Err(invalid("the host is empty"));
+                    }
+                    return Ok(Some(Self::Http {
+                        base: uri.trim_end_matches('/').to_string(),
+                    }));
                 };
                 let (container, prefix) = split_first(path);
                 if account.is_empty() || container.is_empty() {
@@ -121,7 +130,7 @@ impl RemoteUri {
             Self::Gcs { prefix, .. } | Self::S3 { prefix, .. } | Self::Azure { prefix, .. } => {
                 prefix
             }
-            Self::Hf { .. } => "",
+            Self::Hf { .. } | Self::Http { .. } => "",
         }
     }
 }
@@ -153,6 +162,7 @@ impl fmt::Display for RemoteUri {
                 prefix,
             } => join(f, format!("az://{container}"), prefix),
             Self::Hf { repo, revision } => write!(f, "hf://{repo}:{revision}"),
+            Self::Http { base } => write!(f, "{base}"),
         }
     }
 }
@@ -238,12 +248,13 @@ mod tests {
 
     #[test]
     fn other_uris_are_not_remote() {
-        for uri in [
-            "/models/m",
-            "file:///m",
-            "https://example.com/m",
-            "pvc://claim/m",
-        ] {
+        assert_eq!(
+            ok("https://example.com/models/m/"),
+            RemoteUri::Http {
+                base: "https://example.com/models/m".into()
+            }
+        );
+        for uri in ["/models/m", "file:///m", "pvc://claim/m"] {
             assert_eq!(RemoteUri::parse(uri).unwrap(), None, "{uri}");
         }
     }
@@ -259,6 +270,7 @@ mod tests {
             "az:///x",
             "https://.blob.core.windows.net/c",
             "https://acct.blob.core.windows.net/",
+            "http:///m",
             "hf://org",
             "hf://org/repo/extra",
             "hf://../repo",
