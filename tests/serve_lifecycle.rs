@@ -73,12 +73,20 @@ async fn live_at_once_ready_only_after_load_and_warm_up() {
     );
     let r = server.infer_zeros().await;
     assert_eq!(r.status(), 200);
-    // The download landed in the cache as a complete directory, nothing half-written beside it.
+    // The download landed in the cache as a complete directory and its record, nothing
+    // half-written beside it and nothing left in staging.
     let entries: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(
+        std::fs::read_dir(cache.path().join(".staging"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]
