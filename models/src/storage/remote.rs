@@ -98,7 +98,11 @@ pub fn open(uri: &RemoteUri, env: &StorageEnv) -> Result<Opened, StorageError> {
             account, container, ..
         } => azure(account.as_deref(), container, env),
         RemoteUri::Hf { .. } | RemoteUri::Http { .. } => {
-            unreachable!("the Hub and web servers are listed by storage::hf and storage::http")
+            return Err(StorageError::Invalid {
+                uri: uri.to_string(),
+                reason: "the Hub and web servers have no object store (storage::hf, storage::http)"
+                    .into(),
+            });
         }
     };
     built.map_err(|e| StorageError::Invalid {
@@ -159,7 +163,7 @@ fn s3(bucket: &str, env: &StorageEnv) -> object_store::Result<Opened> {
             if let Some(token) = creds.session_token {
                 b = b.with_token(token);
             }
-        } else if !aws_role_configured(env) && !on_cloud_vm(env, "Amazon EC2") {
+        } else if !aws_role_configured(env) && !on_cloud_vm("Amazon EC2") {
             anonymous = true;
         }
     }
@@ -187,10 +191,7 @@ fn aws_role_configured(env: &StorageEnv) -> bool {
 /// Instance credentials (EC2 IMDS, GCE metadata) are only tried on such a VM: elsewhere the
 /// metadata address times out, and anonymous access is what a user without credentials means.
 /// The DMI board/product name is how the cloud SDKs detect them too.
-fn on_cloud_vm(env: &StorageEnv, vendor: &str) -> bool {
-    if let Some(forced) = env.get("SIESTA_CLOUD_VM") {
-        return forced.eq_ignore_ascii_case(vendor);
-    }
+fn on_cloud_vm(vendor: &str) -> bool {
     ["board_vendor", "product_name", "sys_vendor"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(Path::new("/sys/class/dmi/id").join(f)).ok())
@@ -235,7 +236,7 @@ fn gcs(bucket: &str, env: &StorageEnv) -> object_store::Result<Opened> {
             || env.get("GOOGLE_SERVICE_ACCOUNT").is_some()
             || env.get("GOOGLE_SERVICE_ACCOUNT_PATH").is_some()
             || env.get("GOOGLE_SERVICE_ACCOUNT_KEY").is_some();
-        anonymous = !configured && !well_known && !on_cloud_vm(env, "Google");
+        anonymous = !configured && !well_known && !on_cloud_vm("Google");
     }
     let store = b
         .with_skip_signature(anonymous)
@@ -283,7 +284,7 @@ fn azure(account: Option<&str>, container: &str, env: &StorageEnv) -> object_sto
         ]
         .iter()
         .any(|k| env.get(k).is_some());
-    let anonymous = !configured && !on_cloud_vm(env, "Microsoft");
+    let anonymous = !configured && !on_cloud_vm("Microsoft");
     let allow_http = emulator
         || env.flag("AZURE_ALLOW_HTTP").unwrap_or(false)
         || env
