@@ -162,9 +162,25 @@ impl fmt::Display for RemoteUri {
                 prefix,
             } => join(f, format!("az://{container}"), prefix),
             Self::Hf { repo, revision } => write!(f, "hf://{repo}:{revision}"),
-            Self::Http { base } => write!(f, "{base}"),
+            Self::Http { base } => write!(f, "{}", without_secrets(base)),
         }
     }
+}
+
+/// A URL as logs and errors may show it: user info and query (where tokens and signatures
+/// travel) masked.
+fn without_secrets(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (host, path) = split_first(rest);
+    let host = match host.rsplit_once('@') {
+        Some((_, h)) => format!("***@{h}"),
+        None => host.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_string(),
+    };
+    format!("{scheme}://{host}/{path}")
 }
 
 fn split_first(s: &str) -> (&str, &str) {
@@ -253,6 +269,10 @@ mod tests {
             RemoteUri::Http {
                 base: "https://example.com/models/m".into()
             }
+        );
+        assert_eq!(
+            ok("https://user:pw@example.com/m?sig=abc").to_string(),
+            "https://***@example.com/m?***"
         );
         for uri in ["/models/m", "file:///m", "pvc://claim/m"] {
             assert_eq!(RemoteUri::parse(uri).unwrap(), None, "{uri}");
