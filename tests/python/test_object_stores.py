@@ -247,6 +247,25 @@ def test_s3_private_bucket_needs_the_right_keys_and_says_forbidden(moto_private,
         r.stop()
 
 
+def test_s3_keys_from_an_aws_profile(moto_private, tmp_path):
+    moto_private.put_model("private", "mnist")
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = AKIAWRONGKEY\naws_secret_access_key = wrong\n\n"
+                     f"[ci]\naws_access_key_id = {moto_private.key}\naws_secret_access_key = {moto_private.secret}\n")
+    env = {"AWS_ENDPOINT_URL": moto_private.url, "AWS_SHARED_CREDENTIALS_FILE": str(creds)}
+    r, ok = serve("s3://private/mnist", {**env, "AWS_PROFILE": "ci"}, tmp_path / "ci")
+    try:
+        assert ok, r.logs()
+        r.infer_ok()
+    finally:
+        r.stop()
+    r, ok = serve("s3://private/mnist", env, tmp_path / "default")
+    try:
+        assert not ok and "forbidden" in r.logs(), "the default profile's wrong key is used: " + r.logs()
+    finally:
+        r.stop()
+
+
 def test_s3_missing_model_names_the_uri_and_the_cause(moto_public, tmp_path):
     moto_public.put_model("models", "present")
     for uri in ("s3://models/absent", "s3://no-such-bucket/m"):
@@ -388,6 +407,14 @@ def test_a_cached_model_starts_without_its_store_and_the_cache_stays_in_its_limi
         assert ok
     [entry] = cache_models(tmp_path)
     assert "small-b" in (tmp_path / f"{entry}.json").read_text(), "the least recently used model was evicted"
+    # Trusted: the cache is used without asking the store (which is not even reachable).
+    r, ok = serve("s3://models/small-b", {**moto_public.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, tmp_path,
+                  "--cache-freshness", "trust")
+    try:
+        assert ok and "not checked against the store" in r.logs(), r.logs()
+        assert "unreachable" not in r.logs()
+    finally:
+        r.stop()
     # The store is gone: the newest cached copy serves, with a warning.
     r, ok = serve("s3://models/small-b", {**moto_public.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, tmp_path)
     try:
