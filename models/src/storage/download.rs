@@ -37,8 +37,9 @@ pub struct RemoteObject {
 /// model directory (and would fill the disk).
 pub const MAX_OBJECTS: usize = 100_000;
 
-/// A body that sends nothing for this long is cut and resumed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request or body that sends nothing for this long is cut (and resumed, or the listing
+/// reported).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts per object, each resuming where the last one stopped.
 const ATTEMPTS: u32 = 4;
 
@@ -256,22 +257,16 @@ async fn stream_into(
         if_match: object.version.clone().filter(|_| fetch.pin_etag),
         ..Default::default()
     };
-    let result = fetch
-        .store
-        .get_opts(&ObjectPath::from(object.key.as_str()), options)
+    let key = ObjectPath::from(object.key.as_str());
+    let request = fetch.store.get_opts(&key, options);
+    let result = tokio::time::timeout(IDLE_TIMEOUT, request)
         .await
+        .map_err(|_| silent(fetch.uri, &object.relative))?
         .map_err(fail)?;
     let mut body = result.into_stream();
     loop {
         let chunk = match tokio::time::timeout(IDLE_TIMEOUT, body.next()).await {
-            Err(_) => {
-                return Err(StorageError::Remote {
-                    uri: fetch.uri.to_string(),
-                    object: object.relative.clone(),
-                    cause: RemoteCause::Network,
-                    detail: format!("no data for {} s", IDLE_TIMEOUT.as_secs()),
-                });
-            }
+            Err(_) => return Err(silent(fetch.uri, &object.relative)),
             Ok(None) => return Ok(()),
             Ok(Some(chunk)) => chunk.map_err(fail)?,
         };
@@ -292,6 +287,16 @@ async fn stream_into(
         }
         *written += chunk.len() as u64;
         progress.add(chunk.len() as u64);
+    }
+}
+
+/// A store that stops answering is a network fault like any other: retried, then reported.
+pub fn silent(uri: &str, object: &str) -> StorageError {
+    StorageError::Remote {
+        uri: uri.to_string(),
+        object: object.to_string(),
+        cause: RemoteCause::Network,
+        detail: format!("no answer for {} s", IDLE_TIMEOUT.as_secs()),
     }
 }
 

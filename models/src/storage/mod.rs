@@ -267,7 +267,12 @@ fn fetch_remote(remote: &RemoteUri, opts: &StorageOptions) -> Result<Resolved, S
         return Ok(cached(dir, lease));
     }
     let env = opts.env.clone().unwrap_or_else(StorageEnv::process);
-    let listed = on_own_runtime(list_remote(remote, &uri, &env));
+    let listed = on_own_runtime(async {
+        // Listing is metadata: a store that does not answer it within the idle timeout is down.
+        tokio::time::timeout(download::IDLE_TIMEOUT, list_remote(remote, &uri, &env))
+            .await
+            .unwrap_or_else(|_| Err(download::silent(&uri, "(listing)")))
+    });
     let (objects, store, pin_etag) = match listed {
         Ok(listed) => listed,
         Err(e) if e.retryable() => match cache.latest(&uri) {
