@@ -94,6 +94,18 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
     let mut vision = match config.architecture.vision() {
         Some(arch) => {
             let host = weights.load()?;
+            if let Some(variant) = arch.variant_of(&host) {
+                return Err(ModelError::File {
+                    path: weights.path(),
+                    reason: format!(
+                        "a torchvision {variant} state dict, not {}: Siesta builds {} from state \
+                         dicts; export it to ONNX (torch.onnx.export) or TorchScript \
+                         (torch.jit.trace) and serve that file",
+                        arch.name(),
+                        Architecture::vision_names()
+                    ),
+                });
+            }
             let classes = arch.classes(&host, &weights.path())?;
             vision::complete_config(
                 &mut config,
@@ -162,14 +174,24 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
                 });
             };
             let device = opts.device.resolve()?;
-            Ok(Box::new(VisionModel::new(
+            let built = VisionModel::new(
                 config,
                 arch,
                 classes,
                 host,
                 device,
                 crate::precision::dtype(opts.precision),
-            )?))
+            );
+            // Building the network is where a state dict that does not fit shows: a load error
+            // naming the file, not an inference one.
+            let model = built.map_err(|e| match e {
+                ModelError::Inference(reason) => ModelError::File {
+                    path: weights.path(),
+                    reason: format!("does not fit {}: {reason}", arch.name()),
+                },
+                other => other,
+            })?;
+            Ok(Box::new(model))
         }
         Architecture::Identity => Ok(Box::new(IdentityModel::new(config)?)),
         Architecture::TorchScript => {

@@ -192,6 +192,19 @@ def test_weights_that_do_not_fit_the_architecture_are_a_load_error_naming_the_fi
     assert "model.safetensors" in run.stderr and "resnet50" in run.stderr, run.stderr[-2000:]
 
 
+@pytest.mark.parametrize("arch,family", [("resnext50_32x4d", "ResNeXt"), ("wide_resnet50_2", "Wide ResNet")])
+def test_a_resnet_family_siesta_does_not_build_is_a_load_error_saying_what_it_is(tmp_path, arch, family):
+    # Same module names as ResNet-50 (so recognised as one), other shapes: found at load, named,
+    # and the ONNX/TorchScript route suggested; not an inference-time shape mismatch.
+    dir, _ = make(tmp_path, arch, 5, bare=True)
+    run = subprocess.run([SIESTA_BIN, "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+                          "--storage-uri", str(dir)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    err = run.stderr
+    assert family in err and "ONNX" in err and "TorchScript" in err and "model.safetensors" in err, err
+    assert "inference failed" not in err, err
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
 def test_the_runtime_picks_the_engine_for_one_model_saved_three_ways(tmp_path, arch):
     """One directory holding the state dict, its TorchScript trace and its ONNX export (with a

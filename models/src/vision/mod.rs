@@ -149,6 +149,35 @@ impl Arch {
         }
     }
 
+    /// torchvision families that share an architecture's module names but not its shapes (so
+    /// [`Arch::guess`] cannot tell them apart): ResNeXt's grouped and Wide ResNet's widened
+    /// bottlenecks. Named so the load error can say what was found, instead of a shape mismatch.
+    pub fn variant_of(self, weights: &HashMap<String, CTensor>) -> Option<String> {
+        let Arch::ResNet(depth) = self else {
+            return None;
+        };
+        if !depth.bottleneck() {
+            return None;
+        }
+        let conv2 = weights.get("layer1.0.conv2.weight")?;
+        let &[width, per_group, _, _] = conv2.dims() else {
+            return None;
+        };
+        if per_group != width && per_group > 0 {
+            Some(format!(
+                "ResNeXt (grouped 3x3 convolutions: {} groups of {per_group} channels)",
+                width / per_group
+            ))
+        } else if width != 64 {
+            Some(format!(
+                "Wide ResNet (bottleneck width {width} in layer1; {}'s is 64)",
+                self.name()
+            ))
+        } else {
+            None
+        }
+    }
+
     fn build(self, vb: VarBuilder<'_>, classes: usize) -> candle_core::Result<Net> {
         Ok(match self {
             Arch::ResNet(d) => Net::ResNet(resnet::ResNet::new(vb, d, classes)?),
@@ -403,6 +432,31 @@ mod tests {
                 "{keys:?}"
             );
         }
+    }
+
+    #[test]
+    fn resnext_and_wide_resnet_are_told_apart_from_resnet50_by_their_shapes() {
+        let with_conv2 = |dims: (usize, usize, usize, usize)| {
+            let t =
+                CTensor::zeros(dims, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            HashMap::from([("layer1.0.conv2.weight".to_string(), t)])
+        };
+        let r50 = Arch::ResNet(Depth::D50);
+        assert_eq!(r50.variant_of(&with_conv2((64, 64, 3, 3))), None);
+        assert!(
+            r50.variant_of(&with_conv2((128, 4, 3, 3)))
+                .unwrap()
+                .contains("ResNeXt (grouped 3x3 convolutions: 32 groups")
+        );
+        assert!(
+            r50.variant_of(&with_conv2((128, 128, 3, 3)))
+                .unwrap()
+                .contains("Wide ResNet")
+        );
+        assert_eq!(
+            Arch::ResNet(Depth::D18).variant_of(&with_conv2((128, 4, 3, 3))),
+            None
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Depth {
         }
     }
 
-    fn bottleneck(self) -> bool {
+    pub fn bottleneck(self) -> bool {
         !matches!(self, Depth::D18 | Depth::D34)
     }
 
