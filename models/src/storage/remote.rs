@@ -66,6 +66,15 @@ pub struct Opened {
     pub anonymous: bool,
 }
 
+impl Opened {
+    fn new(store: impl ObjectStore, anonymous: bool) -> Self {
+        Self {
+            store: Arc::new(store),
+            anonymous,
+        }
+    }
+}
+
 /// Requests are retried by object_store (connection errors, 5xx, 429) for at most this long: long
 /// enough for a store's hiccup, short enough that a replica whose store is down reports it soon.
 fn retry() -> RetryConfig {
@@ -168,18 +177,16 @@ fn s3(bucket: &str, env: &StorageEnv) -> object_store::Result<Opened> {
         }
     }
     let verify = env.flag("S3_VERIFY_SSL").unwrap_or(true);
-    let allow_http = endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("http://"));
+    let allow_http = env.flag("AWS_ALLOW_HTTP").unwrap_or(false)
+        || endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
     let store = b
         .with_skip_signature(anonymous)
         .with_client_options(client_options(allow_http, verify))
         .with_retry(retry())
         .build()?;
-    Ok(Opened {
-        store: Arc::new(store),
-        anonymous,
-    })
+    Ok(Opened::new(store, anonymous))
 }
 
 fn aws_role_configured(env: &StorageEnv) -> bool {
@@ -243,10 +250,7 @@ fn gcs(bucket: &str, env: &StorageEnv) -> object_store::Result<Opened> {
         .with_client_options(client_options(allow_http, true))
         .with_retry(retry())
         .build()?;
-    Ok(Opened {
-        store: Arc::new(store),
-        anonymous,
-    })
+    Ok(Opened::new(store, anonymous))
 }
 
 /// KServe's Azure secret sets `AZ_CLIENT_ID`, `AZ_CLIENT_SECRET`, `AZ_TENANT_ID`; the Azure SDKs read
@@ -296,8 +300,5 @@ fn azure(account: Option<&str>, container: &str, env: &StorageEnv) -> object_sto
         .with_client_options(client_options(allow_http, true))
         .with_retry(retry())
         .build()?;
-    Ok(Opened {
-        store: Arc::new(store),
-        anonymous,
-    })
+    Ok(Opened::new(store, anonymous))
 }
