@@ -186,6 +186,8 @@ fn http_models_are_downloaded_verified_and_cached_atomically() {
                 config_with_checksum(&"0".repeat(64)),
             ),
             ("/bad/model.safetensors".into(), weights.clone()),
+            // A "config" no model has: refused from its announced size, not read into memory.
+            ("/huge/config.json".into(), vec![b' '; 2 << 20]),
         ],
         false,
     );
@@ -207,6 +209,11 @@ fn http_models_are_downloaded_verified_and_cached_atomically() {
     let err = resolve(&format!("{base}/bad"), &o).unwrap_err();
     assert!(
         matches!(err, StorageError::ChecksumMismatch { .. }),
+        "{err}"
+    );
+    let err = resolve(&format!("{base}/huge"), &o).unwrap_err();
+    assert!(
+        err.to_string().contains("a config.json is at most"),
         "{err}"
     );
     let err = resolve(&format!("{base}/missing"), &o).unwrap_err();

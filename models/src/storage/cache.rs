@@ -249,8 +249,8 @@ impl ModelCache {
             .collect()
     }
 
-    /// Bytes the cache's entries hold.
-    pub fn size(&self) -> u64 {
+    #[cfg(test)]
+    fn size(&self) -> u64 {
         self.entries().iter().map(|e| e.bytes).sum()
     }
 }

@@ -104,15 +104,12 @@ pub async fn open(
             Ok(resp)
         }
     };
-    let rev: Revision = get(format!("{endpoint}/api/models/{repo}/revision/{revision}"))
-        .await?
-        .bytes()
-        .await
-        .map_err(|e| fail(RemoteCause::Network, format!("revision: {e}")))
-        .and_then(|b| {
-            serde_json::from_slice(&b)
-                .map_err(|e| fail(RemoteCause::Other, format!("revision: {e}")))
-        })?;
+    let rev: Revision = read_json(
+        get(format!("{endpoint}/api/models/{repo}/revision/{revision}")).await?,
+        "revision",
+    )
+    .await
+    .map_err(|(cause, detail)| fail(cause, detail))?;
     if rev.sha.is_empty() || !rev.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(fail(
             RemoteCause::Other,
@@ -125,32 +122,34 @@ pub async fn open(
         "{endpoint}/api/models/{repo}/tree/{}?recursive=true",
         rev.sha
     ));
+    let mut pages = 0;
     while let Some(url) = next.take() {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(fail(
+                RemoteCause::Other,
+                format!("the file listing ran past {MAX_PAGES} pages"),
+            ));
+        }
         let resp = get(url).await?;
         next = resp
             .headers()
             .get(LINK)
             .and_then(|l| l.to_str().ok())
             .and_then(next_link);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(RemoteCause::Network, format!("file listing: {e}")))?;
-        let page: Vec<TreeEntry> = serde_json::from_slice(&body)
-            .map_err(|e| fail(RemoteCause::Other, format!("file listing: {e}")))?;
-        for entry in page.into_iter().filter(|e| e.kind == "file") {
-            let (size, sha256) = match entry.lfs {
-                Some(lfs) => (lfs.size, Some(lfs.oid)),
-                None => (entry.size, None),
-            };
-            objects.push(RemoteObject {
-                relative: safe_relative(uri, &entry.path)?,
-                key: entry.path,
-                size,
-                version: entry.oid,
-                sha256,
-            });
+        // The token goes with every request: never to a host other than the Hub's.
+        if let Some(link) = &next
+            && !link.starts_with(&format!("{endpoint}/"))
+        {
+            return Err(fail(
+                RemoteCause::Other,
+                format!("the listing's next page is not on {endpoint}"),
+            ));
         }
+        let page: Vec<TreeEntry> = read_json(resp, "file listing")
+            .await
+            .map_err(|(cause, detail)| fail(cause, detail))?;
+        objects.extend(page_objects(uri, page)?);
         if objects.len() > MAX_OBJECTS {
             return Err(StorageError::Invalid {
                 uri: uri.to_string(),
@@ -181,6 +180,63 @@ pub async fn open(
     })
 }
 
+/// A listing page or revision answer larger than this is not the Hub's.
+const MAX_JSON_BYTES: usize = 64 << 20;
+/// Pages of one file listing (the Hub pages by 1,000 entries or so).
+const MAX_PAGES: usize = 1_000;
+
+/// Reads a JSON answer of at most [`MAX_JSON_BYTES`], chunk by chunk.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+    what: &str,
+) -> Result<T, (RemoteCause, String)> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_JSON_BYTES as u64)
+    {
+        return Err((
+            RemoteCause::Other,
+            format!("{what}: larger than {MAX_JSON_BYTES} bytes"),
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| (RemoteCause::Network, format!("{what}: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_JSON_BYTES {
+            return Err((
+                RemoteCause::Other,
+                format!("{what}: larger than {MAX_JSON_BYTES} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| (RemoteCause::Other, format!("{what}: {e}")))
+}
+
+/// The files of one listing page (directories skipped), each name checked to stay inside the
+/// model directory; LFS files carry their SHA-256 and real size.
+fn page_objects(uri: &str, page: Vec<TreeEntry>) -> Result<Vec<RemoteObject>, StorageError> {
+    page.into_iter()
+        .filter(|e| e.kind == "file")
+        .map(|entry| {
+            let (size, sha256) = match entry.lfs {
+                Some(lfs) => (lfs.size, Some(lfs.oid)),
+                None => (entry.size, None),
+            };
+            Ok(RemoteObject {
+                relative: safe_relative(uri, &entry.path)?,
+                key: entry.path,
+                size,
+                version: entry.oid,
+                sha256,
+            })
+        })
+        .collect()
+}
+
 /// `Link: <https://...>; rel="next"` (the Hub pages long listings).
 fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
@@ -205,5 +261,42 @@ mod tests {
             Some("https://hub/api/x?cursor=abc")
         );
         assert_eq!(next_link("<https://hub/p1>; rel=\"prev\""), None);
+    }
+
+    fn page(json: &str) -> Result<Vec<RemoteObject>, String> {
+        let entries: Vec<TreeEntry> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        page_objects("hf://o/r:main", entries).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn listing_pages_keep_files_and_refuse_names_that_leave_the_model_directory() {
+        let ok = page(
+            r#"[{"type":"directory","path":"sub","oid":"d"},
+                {"type":"file","path":"sub/config.json","oid":"a1","size":12},
+                {"type":"file","path":"w.safetensors","oid":"b2","size":134,
+                 "lfs":{"oid":"ab12","size":5000000,"pointerSize":134}}]"#,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(
+            (ok[1].size, ok[1].sha256.as_deref()),
+            (5_000_000, Some("ab12"))
+        );
+        for hostile in [
+            r#"[{"type":"file","path":"../../etc/passwd","oid":"a","size":1}]"#,
+            r#"[{"type":"file","path":"/abs","oid":"a","size":1}]"#,
+            r#"[{"type":"file","path":"w.part","oid":"a","size":1}]"#,
+        ] {
+            let err = page(hostile).unwrap_err();
+            assert!(err.contains("not a relative file path"), "{err}");
+        }
+        for malformed in [
+            r#"{"not":"a list"}"#,
+            r#"[{"type":"file"}]"#,
+            "[",
+            r#"[{"type":"file","path":"x","size":-1}]"#,
+        ] {
+            assert!(page(malformed).is_err(), "{malformed}");
+        }
     }
 }

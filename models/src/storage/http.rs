@@ -15,6 +15,9 @@ use super::remote::client_options;
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::error::StorageError;
 
+/// A config.json is a few KiB; this much is not one.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The model's config and weights as objects of the web server at `base`.
 pub async fn list(
     uri: &str,
@@ -27,10 +30,22 @@ pub async fn list(
             .build()
             .map_err(|e| remote_error(uri, "(client)", e))?,
     );
-    let config_bytes = store
+    let config = store
         .get(&ObjectPath::from(CONFIG_FILE))
         .await
-        .map_err(|e| remote_error(uri, CONFIG_FILE, e))?
+        .map_err(|e| remote_error(uri, CONFIG_FILE, e))?;
+    // Read into memory whole, so its size is checked first (object_store holds the server to
+    // the length it announces).
+    if config.meta.size > MAX_CONFIG_BYTES {
+        return Err(StorageError::Download {
+            url: format!("{base}/{CONFIG_FILE}"),
+            reason: format!(
+                "{} bytes; a config.json is at most {MAX_CONFIG_BYTES}",
+                config.meta.size
+            ),
+        });
+    }
+    let config_bytes = config
         .bytes()
         .await
         .map_err(|e| remote_error(uri, CONFIG_FILE, e))?;

@@ -107,6 +107,14 @@ impl Resolved {
             _lease: None,
         }
     }
+
+    fn cached(dir: PathBuf, lease: Lease) -> Self {
+        Self {
+            dir,
+            fetched: Fetched::Cached,
+            _lease: Some(lease),
+        }
+    }
 }
 
 /// Parses `--storage-mirror PREFIX=TARGET`.
@@ -255,58 +263,61 @@ impl std::str::FromStr for Freshness {
 fn fetch_remote(remote: &RemoteUri, opts: &StorageOptions) -> Result<Resolved, StorageError> {
     let uri = remote.to_string();
     let cache = ModelCache::new(&opts.cache_dir, opts.cache_max_bytes);
-    let cached = |dir, lease| Resolved {
-        dir,
-        fetched: Fetched::Cached,
-        _lease: Some(lease),
-    };
     if opts.freshness == Freshness::Trust
         && let Some((_, dir, lease)) = cache.latest(&uri)
     {
         tracing::info!(uri, dir = %dir.display(), "model found in cache (not checked against the store)");
-        return Ok(cached(dir, lease));
+        return Ok(Resolved::cached(dir, lease));
     }
+    on_own_runtime(list_and_fetch(remote, &uri, &cache, opts))
+}
+
+async fn list_and_fetch(
+    remote: &RemoteUri,
+    uri: &str,
+    cache: &ModelCache,
+    opts: &StorageOptions,
+) -> Result<Resolved, StorageError> {
     let env = opts.env.clone().unwrap_or_else(StorageEnv::process);
-    let listed = on_own_runtime(async {
-        // Listing is metadata: a store that does not answer it within the idle timeout is down.
-        tokio::time::timeout(download::IDLE_TIMEOUT, list_remote(remote, &uri, &env))
-            .await
-            .unwrap_or_else(|_| Err(download::silent(&uri, "(listing)")))
-    });
+    // Listing is metadata: a store that does not answer it within the idle timeout is down.
+    let listed = tokio::time::timeout(download::IDLE_TIMEOUT, list_remote(remote, uri, &env))
+        .await
+        .unwrap_or_else(|_| Err(download::silent(uri, "(listing)")));
     let (objects, store, pin_etag) = match listed {
         Ok(listed) => listed,
-        Err(e) if e.retryable() => match cache.latest(&uri) {
+        Err(e) if e.retryable() => match cache.latest(uri) {
             Some((_, dir, lease)) => {
                 tracing::warn!(uri, error = %e, dir = %dir.display(), "store unreachable; serving the newest cached copy");
-                return Ok(cached(dir, lease));
+                return Ok(Resolved::cached(dir, lease));
             }
             None => return Err(e),
         },
         Err(e) => return Err(e),
     };
-    let key = cache::entry_key(&uri, &objects);
+    let key = cache::entry_key(uri, &objects);
     if let Some((dir, lease)) = cache.lookup(&key) {
-        cache.remember(&uri, &key);
+        cache.remember(uri, &key);
         tracing::info!(uri, dir = %dir.display(), "model found in cache, unchanged in its store; no download");
-        return Ok(cached(dir, lease));
+        return Ok(Resolved::cached(dir, lease));
     }
-    let _lock = cache.lock_download(&uri)?;
+    // Blocks this runtime's only thread while another replica downloads: nothing else runs on it.
+    let _lock = cache.lock_download(uri)?;
     if let Some((dir, lease)) = cache.lookup(&key) {
-        cache.remember(&uri, &key);
+        cache.remember(uri, &key);
         tracing::info!(uri, dir = %dir.display(), "model downloaded by another replica meanwhile");
-        return Ok(cached(dir, lease));
+        return Ok(Resolved::cached(dir, lease));
     }
     let staged = cache.staging()?;
     let started = std::time::Instant::now();
     let fetch = download::Fetch {
-        uri: &uri,
+        uri,
         store,
         concurrency: opts.download_concurrency,
         pin_etag,
     };
-    let bytes = on_own_runtime(download::fetch_all(&fetch, &objects, staged.path()))?;
+    let bytes = download::fetch_all(&fetch, &objects, staged.path()).await?;
     let record = cache::EntryRecord {
-        uri: uri.clone(),
+        uri: uri.to_string(),
         bytes,
         objects,
     };
