@@ -428,6 +428,10 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
         replica_id: a
             .replica_id
             .unwrap_or_else(|| format!("pid-{}", std::process::id())),
+        // From the environment, not a flag: arguments are visible to every user of the host.
+        control_token: std::env::var(siesta_http_server::replica_control::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty()),
     })
 }
 

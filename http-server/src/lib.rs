@@ -5,11 +5,13 @@
 //! a bounded number of concurrent streams and is pinged, so a dead peer is dropped.
 //!
 //! Owns: connections, not requests: body limits, admission and routing are the servers' own;
-//! and the one rule for what of a server's error text may leave it (`redact`).
+//! the one rule for what of a server's error text may leave it (`redact`); the replica control
+//! contract (`replica_control`).
 //!
 //! Must not depend on: any other Siesta crate; every server depends on it.
 
 pub mod redact;
+pub mod replica_control;
 
 use std::future::Future;
 use std::sync::Arc;

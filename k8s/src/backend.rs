@@ -271,6 +271,7 @@ pub fn ready_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) 
                 grpc: grpc.map(|g| SocketAddr::new(ip, g)),
                 gpu: None,
                 pid: None,
+                cold_start: None,
             });
         }
     }
@@ -567,6 +568,7 @@ async fn scale_loop(l: ScaleLoop) {
                 desired: p.replicas,
                 starting: p.starting,
                 ready: p.ready,
+                parked: 0,
                 pending: p.pending.clone(),
                 // Kubelet backs crash-looping pods off itself; not read from pod status yet.
                 crash_loop: None,

@@ -29,6 +29,7 @@ fn template() -> ReplicaTemplate {
         args: vec![],
         env: vec![],
         gpu_memory_bytes: None,
+        tiers: None,
     }
 }
 

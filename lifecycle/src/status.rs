@@ -28,6 +28,9 @@ pub struct ComponentStatus {
     pub desired: u32,
     pub starting: u32,
     pub ready: u32,
+    /// Replicas parked (device memory given back, process kept).
+    #[serde(default)]
+    pub parked: u32,
     /// Requests counted from arrival at the gateway (held ones included).
     pub in_flight: u32,
     pub autoscaler: Observed,
@@ -105,6 +108,7 @@ impl ComponentStatus {
             desired: st.desired,
             starting: st.starting,
             ready: st.ready,
+            parked: st.parked,
             in_flight: pool.in_flight(),
             autoscaler: *pool.observed.lock(),
             waiting: pool.waiting(),

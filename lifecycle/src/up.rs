@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use crate::backend::gpu::GpuInventory;
 use crate::backend::local::LocalBackend;
-use crate::backend::{ReplicaBackend, ReplicaTemplate};
+use crate::backend::{ReplicaBackend, ReplicaTemplate, ReplicaTiers};
 use crate::gateway::install::{InstallSettings, InstalledService, install_service};
 use crate::gateway::trace::TraceRecorder;
 use crate::gateway::{self, BindError, Gateway, MetricsRender, Routes};
@@ -94,12 +94,18 @@ fn template(
             });
         }
     };
-    let gpu_memory_bytes = match serve.role {
-        Role::Model { storage_uri } => gpu_memory(storage_uri),
+    let (gpu_memory_bytes, tiers) = match serve.role {
+        Role::Model { storage_uri } => (
+            gpu_memory(storage_uri),
+            Some(ReplicaTiers {
+                policy: c.tiers,
+                min_replicas: c.scaling.min_scale,
+            }),
+        ),
         Role::ImageTransformer { image } => {
             tracing::info!(service = %isvc.name, %image,
                 "on one host Siesta's image transformer runs in place of this container");
-            None
+            (None, None)
         }
     };
     let mut args = serve.args;
@@ -108,6 +114,7 @@ fn template(
         args,
         env: serve.env.to_vec(),
         gpu_memory_bytes,
+        tiers,
     })
 }
 

@@ -55,6 +55,7 @@ impl ModelBackend {
                 grpc: None,
                 gpu: None,
                 pid: None,
+                cold_start: None,
             })
             .collect();
         self.endpoints.send_if_modified(|e| {

@@ -16,6 +16,8 @@ pub enum Queued {
     Job(Job),
     /// Give device memory back once everything queued before it has run.
     Release(tokio::sync::oneshot::Sender<()>),
+    /// Bring it back (a resumed replica) before anything queued after it runs.
+    Restore(tokio::sync::oneshot::Sender<Result<Duration, ServeError>>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,10 @@ pub async fn run(
                 slot.send(WorkerMsg::Release(done));
                 continue;
             }
+            Queued::Restore(done) => {
+                slot.send(WorkerMsg::Restore(done));
+                continue;
+            }
         };
         if first.reply.is_closed() {
             metrics::dropped(&model, "client_gone");
@@ -75,8 +81,8 @@ pub async fn run(
             };
             let next = match queued {
                 Queued::Job(j) => j,
-                release @ Queued::Release(_) => {
-                    carry = Some(release);
+                control @ (Queued::Release(_) | Queued::Restore(_)) => {
+                    carry = Some(control);
                     break;
                 }
             };
@@ -171,7 +177,7 @@ mod tests {
     async fn next_batch(h: &mut Harness) -> (Vec<usize>, Instant) {
         match h.worker.recv().await.expect("a batch") {
             WorkerMsg::Batch(jobs) => (jobs.iter().map(|j| j.rows).collect(), Instant::now()),
-            WorkerMsg::Release(_) => panic!("a release, not a batch"),
+            WorkerMsg::Release(_) | WorkerMsg::Restore(_) => panic!("a control message, not a batch"),
         }
     }
 

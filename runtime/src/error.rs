@@ -23,6 +23,10 @@ pub enum ServeError {
         "model {0} is off on this server (--model-control-mode none, the default); start it with --model-control-mode explicit"
     )]
     ModelControlOff(&'static str),
+    #[error(
+        "replica control (park, resume) needs the token its lifecycle manager gave it (x-siesta-control-token)"
+    )]
+    ControlDenied,
     #[error("request body of {got} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { got: usize, limit: usize },
     /// A request within the body limit that asks for more work or memory than a limit allows.
@@ -68,7 +72,7 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => StatusCode::NOT_FOUND,
             ServeError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::ModelControlOff(_) => StatusCode::FORBIDDEN,
+            ServeError::ModelControlOff(_) | ServeError::ControlDenied => StatusCode::FORBIDDEN,
             ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -97,7 +101,7 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => "not_found",
             ServeError::ModelNotReady(_) => "not_ready",
-            ServeError::ModelControlOff(_) => "forbidden",
+            ServeError::ModelControlOff(_) | ServeError::ControlDenied => "forbidden",
             ServeError::BodyTooLarge { .. } | ServeError::LimitExceeded { .. } => "too_large",
             ServeError::Overloaded { .. } | ServeError::BodyMemory { .. } => "overloaded",
             ServeError::Inference(_) | ServeError::Load(_) | ServeError::WorkerGone(_) => {
@@ -127,7 +131,9 @@ impl ServeError {
             | ServeError::VersionNotFound { .. }
             | ServeError::NoRoute(_) => tonic::Status::not_found(msg),
             ServeError::ModelNotReady(_) => tonic::Status::unavailable(msg),
-            ServeError::ModelControlOff(_) => tonic::Status::permission_denied(msg),
+            ServeError::ModelControlOff(_) | ServeError::ControlDenied => {
+                tonic::Status::permission_denied(msg)
+            }
             ServeError::Overloaded { .. } | ServeError::BodyMemory { .. } => {
                 tonic::Status::resource_exhausted(msg)
             }

@@ -113,6 +113,16 @@ impl ModelHandle {
             .map_err(|_| ServeError::WorkerGone(self.config.name.clone()))?
     }
 
+    /// Uploads the weights again if they were released; how long that took.
+    pub async fn restore_device_memory(&self) -> Result<Duration> {
+        let (done, rx) = oneshot::channel();
+        self.queue
+            .send(Queued::Restore(done))
+            .map_err(|_| ServeError::WorkerGone(self.config.name.clone()))?;
+        rx.await
+            .map_err(|_| ServeError::WorkerGone(self.config.name.clone()))?
+    }
+
     /// Gives the model's device memory back; the next request restores it.
     pub async fn release_device_memory(&self) {
         let (done, rx) = oneshot::channel();

@@ -11,7 +11,7 @@ use siesta_models::{DeviceSpec, LoadOptions, Model, ModelError, ModelSource, Ten
 
 use crate::error::{Result, ServeError};
 use crate::handle::ModelHandle;
-use crate::status::{ModelState, ModelStatus};
+use crate::status::{LoadPhases, ModelState, ModelStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelLocation {
@@ -272,7 +272,8 @@ impl ModelRegistry {
         let mut slots = self.slots.lock();
         let slot = slots.get_mut(name).expect("slot inserted above");
         match loaded {
-            Ok(model) => {
+            Ok((model, phases)) => {
+                status.set_load_phases(phases);
                 let handle = ModelHandle::start(model, status, self.opts.queue_limit);
                 tracing::info!(model = name, "model ready");
                 slot.state = SlotState::Ready(handle);
@@ -340,7 +341,8 @@ fn load_and_warm_up(
     name: &str,
     location: &ModelLocation,
     opts: &RegistryOptions,
-) -> Result<Box<dyn Model>> {
+) -> Result<(Box<dyn Model>, LoadPhases)> {
+    let fetch_started = tokio::time::Instant::now();
     // Held until the model is loaded: the cache does not evict an entry being read.
     let resolved = match location {
         ModelLocation::Embedded => None,
@@ -363,6 +365,7 @@ fn load_and_warm_up(
         engine: opts.engine,
         precision: opts.precision,
     };
+    let fetch = fetch_started.elapsed();
     let started = tokio::time::Instant::now();
     let mut model = siesta_models::load_model(&source, &load_opts)?;
     let loaded = started.elapsed();
@@ -375,7 +378,14 @@ fn load_and_warm_up(
         warm_up_ms = (started.elapsed() - loaded).as_secs_f64() * 1e3,
         "model loaded and warmed up"
     );
-    Ok(model)
+    Ok((
+        model,
+        LoadPhases {
+            fetch,
+            load: loaded,
+            warm_up: started.elapsed() - loaded,
+        },
+    ))
 }
 
 /// One inference on zeros, so the first real request does not pay for lazy initialisation and

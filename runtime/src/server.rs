@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub idle: IdlePolicy,
     /// Names this replica in logs and spans.
     pub replica_id: String,
+    /// Turns on replica control (park, resume) for callers that present it.
+    pub control_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,7 @@ pub async fn run(
         max_body_bytes: cfg.max_body_bytes,
         body_timeout: cfg.body_timeout,
         body_memory: crate::http::BodyMemory::new(cfg.body_memory_bytes),
+        control_token: cfg.control_token.as_deref().map(Into::into),
     });
     let http_lifecycle = lifecycle.clone();
     let http_server = tokio::spawn(async move {

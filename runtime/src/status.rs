@@ -47,6 +47,24 @@ impl ModelState {
     }
 }
 
+/// How long a model took to become ready, phase by phase: what a cold start is made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LoadPhases {
+    /// Resolving the storage URI: the cache, or a download.
+    #[serde(serialize_with = "millis")]
+    pub fetch: std::time::Duration,
+    /// Reading the weights and putting them on the device.
+    #[serde(serialize_with = "millis")]
+    pub load: std::time::Duration,
+    /// The one inference before readiness.
+    #[serde(serialize_with = "millis")]
+    pub warm_up: std::time::Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
 pub struct ModelStatus {
     pub name: String,
     state: AtomicU8,
@@ -58,6 +76,7 @@ pub struct ModelStatus {
     /// from the replica's own side.
     peak_in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
+    load_phases: Mutex<LoadPhases>,
 }
 
 impl ModelStatus {
@@ -70,6 +89,7 @@ impl ModelStatus {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
+            load_phases: Mutex::new(LoadPhases::default()),
         };
         metrics::model_state(name, ModelState::Loading);
         s
@@ -99,6 +119,19 @@ impl ModelStatus {
         let device = self.device.lock().clone();
         self.device_bytes.store(0, Ordering::Relaxed);
         metrics::device_memory(&self.name, &device, 0);
+    }
+
+    /// Counts as activity for the idle tiers.
+    pub fn touch(&self) {
+        *self.last_activity.lock() = Instant::now();
+    }
+
+    pub fn load_phases(&self) -> LoadPhases {
+        *self.load_phases.lock()
+    }
+
+    pub fn set_load_phases(&self, phases: LoadPhases) {
+        *self.load_phases.lock() = phases;
     }
 
     pub fn in_flight(&self) -> usize {

@@ -42,6 +42,9 @@ pub struct Timing {
 pub enum WorkerMsg {
     Batch(Vec<Job>),
     Release(oneshot::Sender<()>),
+    /// Brings a released model's weights back onto the device now (a parked replica resumed);
+    /// answers how long the upload took (zero when nothing was released).
+    Restore(oneshot::Sender<Result<Duration, ServeError>>),
 }
 
 pub fn spawn(mut model: Box<dyn Model>, status: Arc<ModelStatus>) -> mpsc::Sender<WorkerMsg> {
@@ -63,8 +66,16 @@ pub fn spawn(mut model: Box<dyn Model>, status: Arc<ModelStatus>) -> mpsc::Sende
                         if status.state() == ModelState::Ready {
                             status.set_state(ModelState::Released);
                         }
-                        tracing::info!(model = %status.name, "device memory released after idle");
+                        tracing::info!(model = %status.name, "device memory released");
                         let _ = done.send(());
+                    }
+                    WorkerMsg::Restore(done) => {
+                        let restored = restore(model.as_mut(), &status, &device)
+                            .map(|took| took.unwrap_or_default())
+                            .map_err(|e| {
+                                ServeError::Inference(format!("restoring the model failed: {e}"))
+                            });
+                        let _ = done.send(restored);
                     }
                 }
             }
@@ -102,29 +113,15 @@ fn run_batch(model: &mut dyn Model, status: &ModelStatus, device: &str, mut jobs
         return;
     }
     let start = Instant::now();
-    // Only a released model pays for a restore; models that hold no device memory (identity)
-    // must not log and count one per batch.
-    let restored = if status.state() == ModelState::Released {
-        let t = Instant::now();
-        match model.restore_device_memory() {
-            Ok(()) => {
-                status.set_device_bytes(device, model.device_memory_bytes());
-                status.set_state(ModelState::Ready);
-                let took = t.elapsed();
-                metrics::restored(&status.name, took);
-                tracing::info!(model = %status.name, ms = took.as_secs_f64() * 1e3, "device memory restored");
-                Some(took).filter(|_| model.device_memory_bytes() > 0)
-            }
-            Err(e) => {
-                fail_all(
-                    jobs,
-                    ServeError::Inference(format!("restoring the model failed: {e}")),
-                );
-                return;
-            }
+    let restored = match restore(model, status, device) {
+        Ok(took) => took,
+        Err(e) => {
+            fail_all(
+                jobs,
+                ServeError::Inference(format!("restoring the model failed: {e}")),
+            );
+            return;
         }
-    } else {
-        None
     };
     let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
     let batch_rows: usize = rows.iter().sum();
@@ -149,6 +146,26 @@ fn run_batch(model: &mut dyn Model, status: &ModelStatus, device: &str, mut jobs
         }
         Err(e) => fail_all(jobs, e),
     }
+}
+
+/// Uploads a released model's weights again. Only a released model pays for a restore; models
+/// that hold no device memory (identity) must not log and count one per batch.
+fn restore(
+    model: &mut dyn Model,
+    status: &ModelStatus,
+    device: &str,
+) -> Result<Option<Duration>, siesta_models::ModelError> {
+    if status.state() != ModelState::Released {
+        return Ok(None);
+    }
+    let t = Instant::now();
+    model.restore_device_memory()?;
+    status.set_device_bytes(device, model.device_memory_bytes());
+    status.set_state(ModelState::Ready);
+    let took = t.elapsed();
+    metrics::restored(&status.name, took);
+    tracing::info!(model = %status.name, ms = took.as_secs_f64() * 1e3, "device memory restored");
+    Ok(Some(took).filter(|_| model.device_memory_bytes() > 0))
 }
 
 fn forward_batch(

@@ -141,6 +141,7 @@ mod tests {
                 grpc: None,
                 gpu: None,
                 pid: None,
+                cold_start: None,
             })
             .collect();
         let (_tx, rx) = watch::channel(serving);

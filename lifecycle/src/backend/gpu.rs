@@ -1,8 +1,6 @@
 //! GPUs on this host: what NVML says about them, and which one a new replica goes to (the one
-//! with the most free memory that fits the model, after what starting replicas will take).
+//! with the most free memory that fits the model: `tiers::place`).
 //! Without an NVIDIA driver there is no NVML, no GPU, and replicas run on CPU.
-
-use std::collections::HashMap;
 
 /// One GPU as NVML sees it now.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -18,6 +16,11 @@ pub struct GpuInfo {
 
 pub trait GpuInventory: Send + Sync + 'static {
     fn gpus(&self) -> Vec<GpuInfo>;
+    /// Whether `free_bytes` already reflects what running replicas use (NVML). A simulated
+    /// inventory does not: placement then subtracts what hot replicas report.
+    fn reports_usage(&self) -> bool {
+        true
+    }
 }
 
 /// NVML through `nvml-wrapper`, which loads `libnvidia-ml.so` at run time: the binary needs no
@@ -92,69 +95,9 @@ impl GpuInventory for SimulatedGpus {
     fn gpus(&self) -> Vec<GpuInfo> {
         self.0.clone()
     }
-}
 
-/// Picks the GPU for a replica that needs `need` bytes. `promised` is memory already promised to
-/// replicas that are still starting (NVML does not see it yet). The error says why none fits.
-pub fn place(gpus: &[GpuInfo], promised: &HashMap<u32, u64>, need: u64) -> Result<u32, String> {
-    let available = |g: &GpuInfo| {
-        g.free_bytes
-            .saturating_sub(promised.get(&g.index).copied().unwrap_or(0))
-    };
-    let best = gpus
-        .iter()
-        .max_by_key(|g| (available(g), std::cmp::Reverse(g.index)))
-        .ok_or_else(|| "no GPU on this host".to_string())?;
-    if available(best) >= need {
-        return Ok(best.index);
-    }
-    Err(format!(
-        "no GPU has {} MiB free for the model: {}",
-        need >> 20,
-        gpus.iter()
-            .map(|g| format!("GPU {} ({}) {} MiB", g.index, g.name, available(g) >> 20))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GIB: u64 = 1 << 30;
-
-    fn gpu(index: u32, free_gib: u64) -> GpuInfo {
-        GpuInfo {
-            index,
-            name: "H100".into(),
-            total_bytes: 80 * GIB,
-            free_bytes: free_gib * GIB,
-            utilization_percent: Some(0),
-            processes: vec![],
-        }
-    }
-
-    #[test]
-    fn the_gpu_with_the_most_free_memory_wins() {
-        let gpus = [gpu(0, 10), gpu(1, 30), gpu(2, 20)];
-        assert_eq!(place(&gpus, &HashMap::new(), 5 * GIB), Ok(1));
-        // Equal free memory: the lower index.
-        assert_eq!(place(&[gpu(0, 8), gpu(1, 8)], &HashMap::new(), GIB), Ok(0));
-    }
-
-    #[test]
-    fn memory_promised_to_starting_replicas_counts() {
-        let gpus = [gpu(0, 10), gpu(1, 30)];
-        let promised = HashMap::from([(1, 25 * GIB)]);
-        assert_eq!(place(&gpus, &promised, 5 * GIB), Ok(0));
-    }
-
-    #[test]
-    fn nothing_fits_says_why() {
-        let err = place(&[gpu(0, 1), gpu(1, 2)], &HashMap::new(), 4 * GIB).unwrap_err();
-        assert!(err.contains("4096 MiB"), "{err}");
-        assert!(err.contains("GPU 1 (H100) 2048 MiB"), "{err}");
-        assert!(place(&[], &HashMap::new(), 1).is_err());
+    fn reports_usage(&self) -> bool {
+        false
     }
 }
+

@@ -2,7 +2,8 @@
 //! loopback port. A supervisor per component converges on the wanted count: starts replicas,
 //! publishes them once `/v2/health/ready` answers, stops extra ones with SIGTERM (they drain), and
 //! replaces replicas that crashed, spacing the restarts of each replica slot as kubelet does a
-//! pod's (`crash_loop`). Replica logs go to `LOG_DIR/<component>-<slot>.log`: one file per
+//! pod's (`crash_loop`). Scaling down parks surplus replicas and scaling up resumes them first,
+//! and GPU memory is placed as the scarce resource (`tiers`). Replica logs go to `LOG_DIR/<component>-<slot>.log`: one file per
 //! replica slot, each start appended, so a crash loop does not make a file per attempt.
 
 use std::collections::HashMap;
@@ -22,9 +23,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::activity::Activity;
+use super::cold_start::{ColdStart, ColdStartKind};
+use super::control;
 use super::crash_loop::{CrashLoop, Slots};
-use super::gpu::{GpuInventory, place};
+use super::gpu::GpuInventory;
 use super::rollout::{self, Seen};
+use super::tiers::{self, GpuRoom, HotSeen, ParkedSeen, Placement};
 use super::{
     BackendError, BackendStatus, ComponentKey, Endpoint, Listening, ReplicaBackend, ReplicaTemplate,
 };
@@ -46,6 +51,8 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// NVML (or a simulated inventory); `None`: no GPU, every replica on CPU.
     gpus: Option<Arc<dyn GpuInventory>>,
+    /// Given to every replica (`SIESTA_CONTROL_TOKEN`): only this backend parks and resumes them.
+    control_token: String,
 }
 
 struct Component {
@@ -59,13 +66,42 @@ struct Component {
     /// Per replica slot, as kubelet backs off per pod.
     backoff: Mutex<Slots>,
     crash_loop: watch::Sender<Option<CrashLoop>>,
+    /// The gateway's view of its traffic: waiting requests, per replica use.
+    activity: Arc<Activity>,
+    /// Device memory a replica of this component was measured to use once hot (the most any
+    /// reported); placement uses it instead of the template's estimate.
+    measured_bytes: Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Starting,
     Ready(SocketAddr, Option<SocketAddr>),
+    /// Taken out of the endpoints; the park call is in flight.
+    Parking(SocketAddr, Option<SocketAddr>),
+    Parked {
+        addr: SocketAddr,
+        grpc: Option<SocketAddr>,
+        since: Instant,
+    },
+    /// The resume call is in flight.
+    Resuming(SocketAddr, Option<SocketAddr>),
     Stopping,
+}
+
+impl Phase {
+    fn is_parked(self) -> bool {
+        matches!(self, Phase::Parking(..) | Phase::Parked { .. })
+    }
+
+    fn tier(self) -> &'static str {
+        match self {
+            Phase::Starting | Phase::Resuming(..) => "starting",
+            Phase::Ready(..) => "hot",
+            Phase::Parking(..) | Phase::Parked { .. } => "parked",
+            Phase::Stopping => "stopping",
+        }
+    }
 }
 
 struct Replica {
@@ -78,8 +114,13 @@ struct Replica {
     child: Child,
     phase: Phase,
     gpu: Option<u32>,
-    /// Device memory promised to this replica while it starts (NVML does not see it yet).
+    /// Device memory promised to this replica while it starts (NVML does not see it yet),
+    /// then what it reported using once hot.
     gpu_bytes: u64,
+    /// How it last became ready.
+    cold_start: Option<ColdStart>,
+    /// When it became hot (ready or resumed): its last use until the gateway sends it one.
+    hot_since: Instant,
 }
 
 enum StartError {
@@ -98,6 +139,7 @@ impl LocalBackend {
                 next_replica: AtomicU64::new(1),
                 stopping: watch::channel(false).0,
                 gpus,
+                control_token: random_token(),
             }),
         }
     }
@@ -160,6 +202,8 @@ impl ReplicaBackend for LocalBackend {
             pending: Mutex::new(None),
             backoff: Mutex::new(Slots::default()),
             crash_loop: watch::channel(None).0,
+            activity: Arc::default(),
+            measured_bytes: Mutex::new(None),
         });
         self.inner
             .components
@@ -193,12 +237,13 @@ impl ReplicaBackend for LocalBackend {
             desired: *c.desired.borrow(),
             starting: replicas
                 .iter()
-                .filter(|r| r.phase == Phase::Starting)
+                .filter(|r| matches!(r.phase, Phase::Starting | Phase::Resuming(..)))
                 .count() as u32,
             ready: replicas
                 .iter()
                 .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
+            parked: replicas.iter().filter(|r| r.phase.is_parked()).count() as u32,
             pending: c.pending.lock().clone(),
             crash_loop: c.backoff.lock().crash_loop(Instant::now(), any_ready),
         })
@@ -209,6 +254,10 @@ impl ReplicaBackend for LocalBackend {
         key: &ComponentKey,
     ) -> Result<watch::Receiver<Option<CrashLoop>>, BackendError> {
         Ok(self.component(key)?.crash_loop.subscribe())
+    }
+
+    fn activity(&self, key: &ComponentKey) -> Result<Arc<Activity>, BackendError> {
+        Ok(self.component(key)?.activity.clone())
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {
@@ -245,6 +294,7 @@ fn publish(c: &Component) {
                 grpc,
                 gpu: r.gpu,
                 pid: r.child.id(),
+                cold_start: r.cold_start,
             }),
             _ => None,
         })
@@ -271,11 +321,32 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
             .collect();
         c.backoff.lock().observe(now, |s| ready_slots.contains(&s));
         let want = *desired.borrow_and_update() as usize;
-        let generation = c.template.lock().0;
+        let (generation, tier_settings) = {
+            let t = c.template.lock();
+            (t.0, t.1.tiers)
+        };
+        let (park_limit, park_timeout) = tier_settings.map_or((0, Duration::ZERO), |t| {
+            (t.policy.parked_replicas, t.policy.park_timeout)
+        });
+        stop_ids(
+            &c,
+            &tiers::expire(
+                &parked_seen(&c, generation),
+                park_limit,
+                park_timeout,
+                host_memory_short(),
+                now,
+            ),
+        );
         let (live, seen): (Vec<usize>, Vec<Seen>) = {
             let replicas = c.replicas.lock();
             (0..replicas.len())
-                .filter(|&i| replicas[i].phase != Phase::Stopping)
+                .filter(|&i| {
+                    matches!(
+                        replicas[i].phase,
+                        Phase::Starting | Phase::Ready(..) | Phase::Resuming(..)
+                    )
+                })
                 .map(|i| {
                     let r = &replicas[i];
                     let seen = Seen {
@@ -287,15 +358,40 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
                 .unzip()
         };
         let plan = rollout::plan(want, &seen);
-        stop(&c, plan.stop.iter().map(|&i| live[i]));
-        // Every replica keeps its slot until it exits (a stopping one too); new ones take the
-        // lowest free slots that are not backing off, never past the count this round needs
-        // (so a failing slot is waited for, not replaced by a fresh one).
+        // Surplus ready replicas of this spec are parked rather than stopped, up to the limit.
+        let parked_now = c.replicas.lock().iter().filter(|r| r.phase.is_parked()).count();
+        let candidates: Vec<(usize, bool)> = plan
+            .stop
+            .iter()
+            .map(|&i| (i, seen[i].current && seen[i].ready && tier_settings.is_some()))
+            .collect();
+        let to_park = tiers::park_instead(park_limit, parked_now, &candidates);
+        park(&inner, &c, to_park.iter().map(|&i| live[i]).collect());
+        stop(
+            &c,
+            plan.stop
+                .iter()
+                .filter(|i| !to_park.contains(i))
+                .map(|&i| live[i]),
+        );
+        // More wanted: parked replicas come back first.
+        let mut wanted = plan.start;
+        if wanted > 0 {
+            for id in tiers::resume_order(&parked_seen(&c, generation), wanted) {
+                match resume(&inner, &c, &id) {
+                    Ok(()) => wanted -= 1,
+                    Err(reason) => {
+                        set_pending(&c, Some(reason));
+                        break;
+                    }
+                }
+            }
+        }
         let mut taken: Vec<usize> = c.replicas.lock().iter().map(|r| r.slot).collect();
-        let limit = taken.len() + plan.start;
+        let limit = taken.len() + wanted;
         publish_crash_loop(&c, now, !ready_slots.is_empty(), limit, &taken);
-        if plan.start > 0 {
-            for _ in 0..plan.start {
+        if wanted > 0 {
+            for _ in 0..wanted {
                 let Some(slot) = c.backoff.lock().free(now, limit, &taken) else {
                     // Backing off: not pending on anything else.
                     *c.pending.lock() = None;
@@ -307,11 +403,7 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
                         *c.pending.lock() = None
                     }
                     Err(StartError::Pending(reason)) => {
-                        let mut pending = c.pending.lock();
-                        if pending.as_deref() != Some(reason.as_str()) {
-                            tracing::warn!(component = %c.key, %reason, "replica pending");
-                            *pending = Some(reason);
-                        }
+                        set_pending(&c, Some(reason));
                         break;
                     }
                     Err(StartError::Io(e)) => {
@@ -319,16 +411,19 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
                     }
                 }
             }
-        } else {
+        } else if plan.start == 0 {
             *c.pending.lock() = None;
         }
         publish(&c);
+        publish_tiers(&c);
         if *stopping.borrow() && want == 0 && c.replicas.lock().is_empty() {
             return;
         }
         tokio::select! {
             _ = desired.changed() => {}
             _ = stopping.changed() => {}
+            // A request waiting where memory was short: make room now, not at the next round.
+            _ = c.activity.demand.notified() => {}
             _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
     }
@@ -344,6 +439,7 @@ fn reap(c: &Component) {
             if r.phase == Phase::Stopping {
                 tracing::info!(component = %c.key, replica = %r.id, %status, "replica stopped");
             } else if status.success() && r.phase != Phase::Starting {
+                // (A parked replica exits 0 too when its own --idle-exit-after passes.)
                 tracing::info!(component = %c.key, replica = %r.id, "replica exited on idle");
             } else {
                 let error = match last_log_line(&r.log) {
@@ -358,6 +454,7 @@ fn reap(c: &Component) {
                 tracing::warn!(component = %c.key, replica = %r.id, %error, "replica failed");
                 failures.push((r.slot, error));
             }
+            c.activity.forget(&r.id);
             false
         }
         _ => true,
@@ -382,6 +479,319 @@ fn publish_crash_loop(c: &Component, now: Instant, any_ready: bool, limit: usize
         }
         !same
     });
+}
+
+fn set_pending(c: &Component, reason: Option<String>) {
+    let mut pending = c.pending.lock();
+    if pending.as_deref() != reason.as_deref() {
+        if let Some(r) = &reason {
+            tracing::warn!(component = %c.key, reason = %r, "replica pending");
+        }
+        *pending = reason;
+    }
+}
+
+/// `siesta_replica_tier{component, tier}`: replicas hot, parked and starting.
+fn publish_tiers(c: &Component) {
+    let mut counts = [("hot", 0u32), ("parked", 0), ("starting", 0)];
+    for r in c.replicas.lock().iter() {
+        if let Some(n) = counts.iter_mut().find(|(t, _)| *t == r.phase.tier()) {
+            n.1 += 1;
+        }
+    }
+    for (tier, n) in counts {
+        metrics::gauge!("siesta_replica_tier", "component" => c.key.to_string(), "tier" => tier)
+            .set(f64::from(n));
+    }
+}
+
+fn parked_seen(c: &Component, generation: u64) -> Vec<ParkedSeen> {
+    c.replicas
+        .lock()
+        .iter()
+        .filter_map(|r| match r.phase {
+            Phase::Parked { since, .. } => Some(ParkedSeen {
+                id: r.id.clone(),
+                since,
+                current: r.generation == generation,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the host is short of memory (under a tenth of it available): parked replicas'
+/// host copies go first.
+fn host_memory_short() -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    matches!((field("MemAvailable:"), field("MemTotal:")), (Some(a), Some(t)) if a * 10 < t)
+}
+
+/// A token nobody else on the host can guess, for replica control.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes.copy_from_slice(&(t ^ u128::from(std::process::id()) << 64).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Takes these ready replicas out of the endpoints and parks them: the gateway sends them
+/// nothing new, the replica finishes what it has, then gives its device memory back.
+fn park(inner: &Arc<Inner>, c: &Arc<Component>, indices: Vec<usize>) {
+    let mut calls = Vec::new();
+    {
+        let mut replicas = c.replicas.lock();
+        for i in indices {
+            let r = &mut replicas[i];
+            if let Phase::Ready(addr, grpc) = r.phase {
+                r.phase = Phase::Parking(addr, grpc);
+                calls.push((r.id.clone(), addr));
+            }
+        }
+    }
+    if calls.is_empty() {
+        return;
+    }
+    publish(c);
+    for (id, addr) in calls {
+        tracing::info!(component = %c.key, replica = %id, "parking replica");
+        let (c, token) = (c.clone(), inner.control_token.clone());
+        tokio::spawn(async move {
+            let result = control::park(addr, &token).await;
+            let mut replicas = c.replicas.lock();
+            let Some(r) = replicas.iter_mut().find(|r| r.id == id) else {
+                return;
+            };
+            let Phase::Parking(addr, grpc) = r.phase else {
+                return;
+            };
+            match result {
+                Ok(report) => {
+                    tracing::info!(component = %c.key, replica = %id,
+                        device_bytes = report.device_memory_bytes,
+                        host_bytes = report.host_memory_bytes,
+                        ms = report.took_ms, "replica parked");
+                    r.phase = Phase::Parked {
+                        addr,
+                        grpc,
+                        since: Instant::now(),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(component = %c.key, replica = %id, error = %e,
+                        "parking failed; stopping the replica instead");
+                    r.phase = Phase::Stopping;
+                    terminate(r.child.id());
+                }
+            }
+        });
+    }
+}
+
+/// Resumes a parked replica where its GPU has room (making room by parking others if the
+/// component has requests waiting); published once its weights are back.
+fn resume(inner: &Arc<Inner>, c: &Arc<Component>, id: &str) -> Result<(), String> {
+    let (addr, grpc, gpu, bytes) = {
+        let replicas = c.replicas.lock();
+        let r = replicas
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or("gone")?;
+        let Phase::Parked { addr, grpc, .. } = r.phase else {
+            return Err("not parked".into());
+        };
+        (addr, grpc, r.gpu, r.gpu_bytes)
+    };
+    if let (Some(g), Some(inventory)) = (gpu, &inner.gpus) {
+        match placement(inner, c, inventory.as_ref(), bytes, Some(g)) {
+            Placement::Fits(_) => {}
+            Placement::AfterParking { park: others, .. } => {
+                make_room(inner, &others);
+                return Err(format!("parking {} to make room on GPU {g}", others.join(", ")));
+            }
+            Placement::Wait(reason) => return Err(reason),
+        }
+    }
+    {
+        let mut replicas = c.replicas.lock();
+        let Some(r) = replicas.iter_mut().find(|r| r.id == id) else {
+            return Err("gone".into());
+        };
+        r.phase = Phase::Resuming(addr, grpc);
+    }
+    tracing::info!(component = %c.key, replica = %id, "resuming replica");
+    let (c, token, id) = (c.clone(), inner.control_token.clone(), id.to_string());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = control::resume(addr, &token).await;
+        let took = started.elapsed();
+        {
+            let mut replicas = c.replicas.lock();
+            let Some(r) = replicas.iter_mut().find(|r| r.id == id) else {
+                return;
+            };
+            if r.phase != Phase::Resuming(addr, grpc) {
+                return;
+            }
+            match result {
+                Ok(report) => {
+                    let upload = Duration::from_secs_f64(report.upload_ms.max(0.0) / 1e3);
+                    r.cold_start = Some(ColdStart {
+                        kind: ColdStartKind::Resume,
+                        process: took.saturating_sub(upload),
+                        fetch: Duration::ZERO,
+                        load: Duration::ZERO,
+                        upload,
+                        warm_up: Duration::ZERO,
+                    });
+                    if r.gpu.is_some() && report.device_memory_bytes > 0 {
+                        r.gpu_bytes = report.device_memory_bytes;
+                    }
+                    r.hot_since = Instant::now();
+                    r.phase = Phase::Ready(addr, grpc);
+                    tracing::info!(component = %c.key, replica = %id,
+                        ms = took.as_secs_f64() * 1e3, "replica resumed");
+                }
+                Err(e) => {
+                    tracing::warn!(component = %c.key, replica = %id, error = %e,
+                        "resume failed; stopping the replica (a new one starts)");
+                    r.phase = Phase::Stopping;
+                    terminate(r.child.id());
+                }
+            }
+        }
+        publish(&c);
+    });
+    Ok(())
+}
+
+/// Parks hot replicas of other components, named by the placement, to free their GPU memory.
+fn make_room(inner: &Arc<Inner>, ids: &[String]) {
+    let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
+    for other in components {
+        let indices: Vec<usize> = other
+            .replicas
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| ids.contains(&r.id))
+            .map(|(i, _)| i)
+            .collect();
+        if !indices.is_empty() {
+            tracing::info!(component = %other.key, replicas = ?ids, "parking for GPU memory");
+            park(inner, &other, indices);
+        }
+    }
+}
+
+fn stop_ids(c: &Component, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let indices: Vec<usize> = c
+        .replicas
+        .lock()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| ids.contains(&r.id))
+        .map(|(i, _)| i)
+        .collect();
+    stop(c, indices.into_iter());
+}
+
+fn terminate(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// What placement sees: every GPU's room, every hot replica, each component's floor.
+fn placement(
+    inner: &Inner,
+    c: &Component,
+    inventory: &dyn GpuInventory,
+    need: u64,
+    only_gpu: Option<u32>,
+) -> Placement {
+    let gpus = inventory.gpus();
+    let sees_usage = inventory.reports_usage();
+    let mut used: HashMap<u32, u64> = HashMap::new();
+    let mut promised: HashMap<u32, u64> = HashMap::new();
+    let mut hot = Vec::new();
+    let mut floor = HashMap::new();
+    let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
+    for other in &components {
+        let min = other.template.lock().1.tiers.map(|t| t.min_replicas);
+        let mut hot_count = 0;
+        for r in other.replicas.lock().iter() {
+            let Some(g) = r.gpu else { continue };
+            match r.phase {
+                Phase::Starting | Phase::Resuming(..) => *promised.entry(g).or_default() += r.gpu_bytes,
+                Phase::Ready(..) => {
+                    *used.entry(g).or_default() += r.gpu_bytes;
+                    hot_count += 1;
+                    let activity = other.activity.replica(&r.id);
+                    hot.push(HotSeen {
+                        id: r.id.clone(),
+                        component: other.key.clone(),
+                        gpu: g,
+                        bytes: r.gpu_bytes,
+                        in_flight: activity.map_or(0, |a| a.in_flight),
+                        last_used: activity.map_or(r.hot_since, |a| a.last_used.max(r.hot_since)),
+                    });
+                }
+                Phase::Parking(..) | Phase::Stopping => *used.entry(g).or_default() += r.gpu_bytes,
+                Phase::Parked { .. } => {}
+            }
+        }
+        // A component without tiers (a transformer) is never parked for memory.
+        floor.insert(other.key.clone(), (hot_count, min.unwrap_or(hot_count)));
+    }
+    let rooms: Vec<GpuRoom> = gpus
+        .iter()
+        .filter(|g| only_gpu.is_none_or(|o| o == g.index))
+        .map(|g| {
+            let promised = promised.get(&g.index).copied().unwrap_or(0);
+            let free = if sees_usage {
+                g.free_bytes
+            } else {
+                g.total_bytes
+                    .saturating_sub(used.get(&g.index).copied().unwrap_or(0))
+            };
+            GpuRoom {
+                index: g.index,
+                name: g.name.clone(),
+                available: free.saturating_sub(promised),
+            }
+        })
+        .collect();
+    tiers::place(
+        &rooms,
+        need,
+        &c.key,
+        c.activity.waiting() > 0,
+        &hot,
+        &floor,
+        Instant::now(),
+    )
 }
 
 /// What a failed replica last said, from the last 16 KiB of its log without terminal colours:
@@ -446,40 +856,40 @@ fn stop(c: &Component, indices: impl Iterator<Item = usize>) {
     }
     publish(c);
     for pid in pids {
-        // SIGTERM: the replica fails readiness, finishes in-flight requests and exits.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        terminate(Some(pid));
     }
 }
 
-/// The GPU for a new replica of `c`, if it wants one and this host has any.
-fn choose_gpu(inner: &Inner, template: &ReplicaTemplate) -> Result<Option<(u32, u64)>, StartError> {
-    let (Some(need), Some(inventory)) = (template.gpu_memory_bytes, &inner.gpus) else {
+/// The GPU for a new replica of `c`, if it wants one and this host has any: its measured
+/// device memory (or the template's estimate until one replica reported) must fit.
+fn choose_gpu(
+    inner: &Arc<Inner>,
+    c: &Component,
+    template: &ReplicaTemplate,
+) -> Result<Option<(u32, u64)>, StartError> {
+    let (Some(estimate), Some(inventory)) = (template.gpu_memory_bytes, &inner.gpus) else {
         return Ok(None);
     };
-    let gpus = inventory.gpus();
-    if gpus.is_empty() {
+    if inventory.gpus().is_empty() {
         return Ok(None);
     }
-    // Every component's starting replicas hold a promise on their GPU.
-    let mut promised = HashMap::new();
-    for other in inner.components.lock().values() {
-        for r in other.replicas.lock().iter() {
-            if let (Some(g), Phase::Starting) = (r.gpu, r.phase) {
-                *promised.entry(g).or_insert(0) += r.gpu_bytes;
-            }
+    let need = c.measured_bytes.lock().unwrap_or(estimate);
+    match placement(inner, c, inventory.as_ref(), need, None) {
+        Placement::Fits(g) => Ok(Some((g, need))),
+        Placement::AfterParking { gpu, park } => {
+            make_room(inner, &park);
+            Err(StartError::Pending(format!(
+                "parking {} to make room on GPU {gpu}",
+                park.join(", ")
+            )))
         }
+        Placement::Wait(reason) => Err(StartError::Pending(reason)),
     }
-    place(&gpus, &promised, need)
-        .map(|g| Some((g, need)))
-        .map_err(StartError::Pending)
 }
 
 fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<(), StartError> {
     let (generation, template) = c.template.lock().clone();
-    let gpu = choose_gpu(inner, &template)?;
+    let gpu = choose_gpu(inner, c, &template)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
     std::fs::create_dir_all(&inner.log_dir).map_err(StartError::Io)?;
@@ -491,6 +901,10 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
         .map_err(StartError::Io)?;
     writeln!(log, "--- siesta: replica {id} starting").map_err(StartError::Io)?;
     let mut cmd = Command::new(&inner.siesta_bin);
+    cmd.env(
+        siesta_http_server::replica_control::TOKEN_ENV,
+        &inner.control_token,
+    );
     if let Some((g, _)) = gpu {
         // The replica sees only its GPU, as cuda:0 (`--device auto` picks it).
         cmd.env("CUDA_VISIBLE_DEVICES", g.to_string());
@@ -516,18 +930,53 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
         phase: Phase::Starting,
         gpu: gpu.map(|(g, _)| g),
         gpu_bytes: gpu.map_or(0, |(_, b)| b),
+        cold_start: None,
+        hot_since: Instant::now(),
     });
     tracing::info!(component = %c.key, replica = %id, gpu = ?gpu.map(|(g, _)| g), "starting replica");
     let c = c.clone();
+    let (token, inventory) = (inner.control_token.clone(), inner.gpus.clone());
+    let spawned = Instant::now();
     tokio::spawn(async move {
         match tokio::time::timeout(STARTUP_DEADLINE, wait_ready(stdout)).await {
             Ok(Some((addr, grpc))) => {
+                // Its own account of the start (a transformer has none: all of it is "process").
+                let report = control::report(addr, &token).await.ok();
+                let total = spawned.elapsed();
+                let (fetch, load, warm_up) = report.as_ref().map_or(Default::default(), |r| r.load_phases());
+                let cold_start = ColdStart {
+                    kind: ColdStartKind::Spawn,
+                    process: total.saturating_sub(fetch + load + warm_up),
+                    fetch,
+                    load,
+                    upload: Duration::ZERO,
+                    warm_up,
+                };
                 let mut published = false;
+                let mut measured = None;
                 if let Some(r) = c.replicas.lock().iter_mut().find(|r| r.id == id)
                     && r.phase == Phase::Starting
                 {
                     r.phase = Phase::Ready(addr, grpc);
+                    r.cold_start = Some(cold_start);
+                    r.hot_since = Instant::now();
+                    if let Some(g) = r.gpu {
+                        let reported = report.as_ref().map_or(0, |r| r.device_memory_bytes);
+                        // NVML's count for the process adds the CUDA context and allocator pools.
+                        let seen = inventory.as_ref().map_or(0, |inv| {
+                            process_gpu_bytes(inv.as_ref(), g, r.child.id())
+                        });
+                        let m = reported.max(seen);
+                        if m > 0 {
+                            r.gpu_bytes = m;
+                            measured = Some(m);
+                        }
+                    }
                     published = true;
+                }
+                if let Some(m) = measured {
+                    let mut learned = c.measured_bytes.lock();
+                    *learned = Some(learned.map_or(m, |l| l.max(m)));
                 }
                 if published {
                     tracing::info!(component = %c.key, replica = %id, %addr, "replica ready");
@@ -555,6 +1004,19 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
         }
     });
     Ok(())
+}
+
+/// The device memory NVML counts for a process on a GPU (0 for a simulated inventory).
+fn process_gpu_bytes(inventory: &dyn GpuInventory, gpu: u32, pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    inventory
+        .gpus()
+        .iter()
+        .filter(|g| g.index == gpu)
+        .flat_map(|g| g.processes.iter())
+        .filter(|(p, _)| *p == pid)
+        .map(|(_, b)| *b)
+        .sum()
 }
 
 /// Reads the replica's listening line, then polls its readiness (model loaded and warmed up).

@@ -2,20 +2,27 @@
 //! replica count, watch the ready endpoints. One host: [`local::LocalBackend`] (child processes);
 //! a cluster: Deployments (the Kubernetes issue).
 
+pub mod activity;
+pub mod cold_start;
+pub mod control;
 pub mod crash_loop;
 pub mod gpu;
 pub(crate) mod listening;
 pub(crate) mod local;
 mod rollout;
+pub mod tiers;
 
 pub use listening::Listening;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::manifest::ComponentKind;
+use crate::manifest::{ComponentKind, TierPolicy};
+use activity::Activity;
+pub use cold_start::{ColdStart, ColdStartKind};
 use crash_loop::CrashLoop;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +48,8 @@ pub struct Endpoint {
     pub gpu: Option<u32>,
     /// The replica's process id, where the backend knows it (one host).
     pub pid: Option<u32>,
+    /// How it last became ready (started or resumed), where the backend knows.
+    pub cold_start: Option<ColdStart>,
 }
 
 /// How to start one replica of a component.
@@ -51,6 +60,16 @@ pub struct ReplicaTemplate {
     pub env: Vec<(String, String)>,
     /// Device memory one replica needs on a GPU; `None` for components that run on CPU.
     pub gpu_memory_bytes: Option<u64>,
+    /// How its replicas use the idle tiers; `None`: they only start and exit (a transformer
+    /// holds no device memory to give back).
+    pub tiers: Option<ReplicaTiers>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaTiers {
+    pub policy: TierPolicy,
+    /// Memory pressure parks a component's replicas down to this, never below.
+    pub min_replicas: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +77,8 @@ pub struct BackendStatus {
     pub desired: u32,
     pub starting: u32,
     pub ready: u32,
+    /// Replicas parked: device memory given back, process and weights in host memory kept.
+    pub parked: u32,
     /// Why a wanted replica is not starting (e.g. no GPU has room for the model).
     pub pending: Option<String>,
     /// Replicas keep failing: how often, the last error, when the next start is allowed.
@@ -88,6 +109,12 @@ pub trait ReplicaBackend: Send + Sync + 'static {
     ) -> Result<watch::Receiver<Option<CrashLoop>>, BackendError> {
         self.status(key)?;
         Ok(watch::channel(None).1)
+    }
+    /// What the gateway tells the backend about the component's traffic; a backend that does
+    /// not place by it gets a fresh one nobody reads.
+    fn activity(&self, key: &ComponentKey) -> Result<Arc<Activity>, BackendError> {
+        self.status(key)?;
+        Ok(Arc::default())
     }
     /// Stops every replica (SIGTERM and drain) and waits for them.
     fn shutdown(&self) -> futures::future::BoxFuture<'static, ()>;

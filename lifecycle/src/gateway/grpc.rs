@@ -171,11 +171,13 @@ async fn call(
                 metrics::counter!("siesta_gateway_requests_total", "component" => pool.name.clone(), "status" => "grpc").increment(1);
                 let (mut head, inner) = resp.into_parts();
                 // As on REST: how long the call waited for a replica (gRPC response metadata).
-                let held = format!("{:.3}", arrived.elapsed().as_secs_f64() * 1e3);
+                let held = arrived.elapsed();
+                let ms = format!("{:.3}", held.as_secs_f64() * 1e3);
                 head.headers.insert(
                     "x-siesta-held-ms",
-                    HeaderValue::from_str(&held).expect("ascii"),
+                    HeaderValue::from_str(&ms).expect("ascii"),
                 );
+                super::note_cold_start(pool, &lease, held, &mut head.headers);
                 return Ok(Response::from_parts(
                     head,
                     Body::new(LeasedBody {

@@ -135,12 +135,16 @@ pub fn install_service<E>(
         let crash_loop = backend
             .crash_loop(key)
             .expect("the component was registered above");
-        let pool = Pool::new(
+        let activity = backend
+            .activity(key)
+            .expect("the component was registered above");
+        let pool = Pool::with_activity(
             key.clone(),
             c.container_concurrency,
             settings.hold_limit,
             endpoints,
             crash_loop,
+            activity,
         );
         autoscalers.push(spawn_autoscaler(&pool, &backend, c, settings));
         watched.push((pool, ScalingView::of(c)));
@@ -193,6 +197,7 @@ mod tests {
                         args: Vec::new(),
                         env: Vec::new(),
                         gpu_memory_bytes: None,
+                        tiers: None,
                     },
                 );
                 Ok::<_, ()>(())

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::body::{BodyBudget, LeasedBody, Outgoing};
 use self::error::GatewayError;
-use self::pool::Pool;
+use self::pool::{Lease, Pool};
 
 const MAX_BODY: usize = 64 << 20;
 /// The live page: polls `/siesta/status` each second and plots replicas and demand per component.
@@ -336,6 +336,7 @@ async fn forward_rest(
                     "x-siesta-held-ms",
                     HeaderValue::from_str(&ms).expect("ascii"),
                 );
+                note_cold_start(pool, &lease, held, &mut head.headers);
                 // Streams back; the slot is freed when the last frame is through.
                 return Ok(Response::from_parts(
                     head,
@@ -351,6 +352,27 @@ async fn forward_rest(
         replica: tried.join(", "),
         reason: "connection refused on every attempt".into(),
     })
+}
+
+/// A request that found no replica and waited for one to start or resume says which, and
+/// what the wait was made of: `x-siesta-cold-start: spawn|resume` and
+/// `x-siesta-cold-start-ms: process=..;fetch=..;load=..;upload=..;warmup=..;queue=..`
+/// (gRPC: the same as response metadata); `siesta_cold_start_seconds{component,kind}` is the
+/// time such requests were held.
+pub(crate) fn note_cold_start(pool: &Pool, lease: &Lease, held: Duration, headers: &mut HeaderMap) {
+    let Some(cold) = &lease.cold_start else {
+        return;
+    };
+    metrics::histogram!("siesta_cold_start_seconds", "component" => pool.name.clone(), "kind" => cold.kind.as_str())
+        .record(held.as_secs_f64());
+    headers.insert(
+        "x-siesta-cold-start",
+        HeaderValue::from_static(cold.kind.as_str()),
+    );
+    headers.insert(
+        "x-siesta-cold-start-ms",
+        HeaderValue::from_str(&cold.phases_header(held)).expect("ascii"),
+    );
 }
 
 /// A request whose exchange with its replica failed. If the client's own body failed (past the

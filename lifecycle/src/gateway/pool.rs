@@ -13,8 +13,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::stats::{DemandReport, DemandStats};
+use crate::backend::activity::Activity;
 use crate::backend::crash_loop::CrashLoop;
-use crate::backend::{ComponentKey, Endpoint};
+use crate::backend::{ColdStart, ComponentKey, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcquireError {
@@ -70,6 +71,8 @@ pub struct Pool {
     started: Instant,
     /// Set when the gateway shuts down: held requests are answered, not dropped with it.
     closed: AtomicBool,
+    /// Shared with the backend: what it parks and makes room by.
+    activity: Arc<Activity>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -87,10 +90,13 @@ pub struct Lease {
     pub replica: String,
     pub addr: SocketAddr,
     pub grpc: Option<SocketAddr>,
+    /// Set when the request found no replica and waited for this one to start or resume.
+    pub cold_start: Option<ColdStart>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.pool.activity.end(&self.replica, Instant::now());
         {
             let mut st = self.pool.state.lock();
             if let Some(t) = st
@@ -119,7 +125,9 @@ struct WaitingGuard<'a>(&'a Pool);
 
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().waiting -= 1;
+        let mut st = self.0.state.lock();
+        st.waiting -= 1;
+        self.0.activity.set_waiting(st.waiting);
     }
 }
 
@@ -130,6 +138,25 @@ impl Pool {
         hold_limit: usize,
         endpoints: watch::Receiver<Vec<Endpoint>>,
         crash_loop: watch::Receiver<Option<CrashLoop>>,
+    ) -> Arc<Self> {
+        Self::with_activity(
+            key,
+            container_concurrency,
+            hold_limit,
+            endpoints,
+            crash_loop,
+            Arc::default(),
+        )
+    }
+
+    /// A pool whose traffic its backend reads (`ReplicaBackend::activity`).
+    pub fn with_activity(
+        key: ComponentKey,
+        container_concurrency: u32,
+        hold_limit: usize,
+        endpoints: watch::Receiver<Vec<Endpoint>>,
+        crash_loop: watch::Receiver<Option<CrashLoop>>,
+        activity: Arc<Activity>,
     ) -> Arc<Self> {
         let seed = key
             .to_string()
@@ -156,6 +183,7 @@ impl Pool {
             observed: Mutex::new(Observed::default()),
             started: Instant::now(),
             closed: AtomicBool::new(false),
+            activity,
         })
     }
 
@@ -214,6 +242,7 @@ impl Pool {
         let mut crash_loop = self.crash_loop.clone();
         let started = Instant::now();
         let mut waiting: Option<WaitingGuard<'_>> = None;
+        let mut held_at_zero = false;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -233,14 +262,17 @@ impl Pool {
                     let e = st.trackers[i].endpoint.clone();
                     drop(st);
                     drop(waiting);
+                    self.activity.begin(&e.replica, Instant::now());
                     return Ok(Lease {
                         pool: self.clone(),
                         replica: e.replica,
                         addr: e.addr,
                         grpc: e.grpc,
+                        cold_start: e.cold_start.filter(|_| held_at_zero),
                     });
                 }
                 if st.trackers.is_empty() {
+                    held_at_zero = true;
                     // No replica, and none is coming soon: say why now instead of at the deadline.
                     if let Some(c) = crash_loop.borrow_and_update().as_ref() {
                         return Err(AcquireError::CrashLoop {
@@ -266,6 +298,7 @@ impl Pool {
                         });
                     }
                     st.waiting += 1;
+                    self.activity.set_waiting(st.waiting);
                     drop(st);
                     waiting = Some(WaitingGuard(self));
                 }
@@ -378,6 +411,7 @@ mod tests {
             grpc: None,
             gpu: None,
             pid: None,
+            cold_start: None,
         }
     }
 

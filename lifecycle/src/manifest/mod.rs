@@ -5,11 +5,13 @@
 mod autoscaling;
 pub mod files;
 pub mod raw;
+mod tiers;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use autoscaling::{ClusterDefaults, ComponentScaling, ScaleMetric};
+pub use tiers::TierPolicy;
 use raw::{RawComponent, RawInferenceService};
 
 pub const KSERVE_API_VERSION: &str = "serving.kserve.io/v1beta1";
@@ -70,6 +72,7 @@ pub struct Component {
     pub container_concurrency: u32,
     pub timeout: Duration,
     pub scaling: ComponentScaling,
+    pub tiers: TierPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -340,11 +343,13 @@ fn component(
         &annotations,
         defaults,
     )?;
+    let tiers = tiers::resolve(&annotations)?;
     Ok(Component {
         kind,
         workload,
         container_concurrency,
         timeout,
         scaling,
+        tiers,
     })
 }

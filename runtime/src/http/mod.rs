@@ -1,6 +1,7 @@
 //! The REST surface: KServe V1, Open Inference Protocol V2, the model repository, Triton's
 //! model-configuration extension, health and `/metrics`.
 
+mod control;
 mod health;
 mod repository;
 mod v1;
@@ -16,6 +17,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use siesta_http_server::replica_control;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -33,6 +35,8 @@ pub struct AppState {
     /// How long a client may take to send its body (slow clients get 408, not a held slot).
     pub body_timeout: Duration,
     pub body_memory: BodyMemory,
+    /// Enables `/siesta/replica` (park, resume, tier) for whoever presents it.
+    pub control_token: Option<Arc<str>>,
 }
 
 /// The request-body bytes a server holds at once, all requests together
@@ -82,6 +86,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(health::root))
         .route("/metrics", get(health::prometheus))
+        .route(replica_control::REPORT_PATH, get(control::tier))
+        .route(replica_control::PARK_PATH, post(control::park))
+        .route(replica_control::RESUME_PATH, post(control::resume))
         .route("/v2", get(health::server_metadata))
         .route("/v2/health/live", get(health::live))
         .route("/v2/health/ready", get(health::ready))
