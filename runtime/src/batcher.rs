@@ -177,7 +177,9 @@ mod tests {
     async fn next_batch(h: &mut Harness) -> (Vec<usize>, Instant) {
         match h.worker.recv().await.expect("a batch") {
             WorkerMsg::Batch(jobs) => (jobs.iter().map(|j| j.rows).collect(), Instant::now()),
-            WorkerMsg::Release(_) | WorkerMsg::Restore(_) => panic!("a control message, not a batch"),
+            WorkerMsg::Release(_) | WorkerMsg::Restore(_) => {
+                panic!("a control message, not a batch")
+            }
         }
     }
 

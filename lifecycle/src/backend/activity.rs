@@ -31,10 +31,13 @@ impl Activity {
     /// A request took a slot on `replica`.
     pub fn begin(&self, replica: &str, now: Instant) {
         let mut st = self.state.lock();
-        let u = st.replicas.entry(replica.to_string()).or_insert(ReplicaUse {
-            in_flight: 0,
-            last_used: now,
-        });
+        let u = st
+            .replicas
+            .entry(replica.to_string())
+            .or_insert(ReplicaUse {
+                in_flight: 0,
+                last_used: now,
+            });
         u.in_flight += 1;
         u.last_used = now;
     }

@@ -55,7 +55,12 @@ impl ColdStart {
             ("warmup", self.warm_up),
             ("queue", held.saturating_sub(self.total())),
         ] {
-            let _ = write!(out, "{}{name}={:.1}", if out.is_empty() { "" } else { ";" }, ms(d));
+            let _ = write!(
+                out,
+                "{}{name}={:.1}",
+                if out.is_empty() { "" } else { ";" },
+                ms(d)
+            );
         }
         out
     }

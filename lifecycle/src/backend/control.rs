@@ -54,7 +54,13 @@ impl TierReport {
         let ms = |f: f64| Duration::from_secs_f64(f.max(0.0) / 1e3);
         self.models.iter().fold(
             (Duration::ZERO, Duration::ZERO, Duration::ZERO),
-            |(f, l, w), m| (f + ms(m.load.fetch), l + ms(m.load.load), w + ms(m.load.warm_up)),
+            |(f, l, w), m| {
+                (
+                    f + ms(m.load.fetch),
+                    l + ms(m.load.load),
+                    w + ms(m.load.warm_up),
+                )
+            },
         )
     }
 }
@@ -116,7 +122,10 @@ fn parse_answer(answer: &[u8]) -> Result<TierReport, String> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("no status line")?;
     let body = &answer[split + 4..];
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Err("chunked answers are not expected".into());
     }
     if status != 200 {

@@ -100,4 +100,3 @@ impl GpuInventory for SimulatedGpus {
         false
     }
 }
-

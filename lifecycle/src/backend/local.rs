@@ -53,6 +53,9 @@ struct Inner {
     gpus: Option<Arc<dyn GpuInventory>>,
     /// Given to every replica (`SIESTA_CONTROL_TOKEN`): only this backend parks and resumes them.
     control_token: String,
+    /// Held from a placement decision until the replica holds its promise (starting or
+    /// resuming): components' supervisors run at once and must not place into the same room.
+    placing: Mutex<()>,
 }
 
 struct Component {
@@ -121,6 +124,8 @@ struct Replica {
     cold_start: Option<ColdStart>,
     /// When it became hot (ready or resumed): its last use until the gateway sends it one.
     hot_since: Instant,
+    /// Parked to make room for another component (`tiers::may_grow`).
+    evicted: bool,
 }
 
 enum StartError {
@@ -140,6 +145,7 @@ impl LocalBackend {
                 stopping: watch::channel(false).0,
                 gpus,
                 control_token: random_token(),
+                placing: Mutex::new(()),
             }),
         }
     }
@@ -304,6 +310,7 @@ fn publish(c: &Component) {
         *e = ready;
         changed
     });
+    publish_tiers(c);
 }
 
 async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
@@ -325,9 +332,11 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
             let t = c.template.lock();
             (t.0, t.1.tiers)
         };
-        let (park_limit, park_timeout) = tier_settings.map_or((0, Duration::ZERO), |t| {
-            (t.policy.parked_replicas, t.policy.park_timeout)
-        });
+        // Shutting down: nothing is parked, and whatever is parked goes.
+        let (park_limit, park_timeout) = match tier_settings {
+            Some(t) if !*stopping.borrow() => (t.policy.parked_replicas, t.policy.park_timeout),
+            _ => (0, Duration::ZERO),
+        };
         stop_ids(
             &c,
             &tiers::expire(
@@ -359,14 +368,29 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         };
         let plan = rollout::plan(want, &seen);
         // Surplus ready replicas of this spec are parked rather than stopped, up to the limit.
-        let parked_now = c.replicas.lock().iter().filter(|r| r.phase.is_parked()).count();
+        let parked_now = c
+            .replicas
+            .lock()
+            .iter()
+            .filter(|r| r.phase.is_parked())
+            .count();
         let candidates: Vec<(usize, bool)> = plan
             .stop
             .iter()
-            .map(|&i| (i, seen[i].current && seen[i].ready && tier_settings.is_some()))
+            .map(|&i| {
+                (
+                    i,
+                    seen[i].current && seen[i].ready && tier_settings.is_some(),
+                )
+            })
             .collect();
         let to_park = tiers::park_instead(park_limit, parked_now, &candidates);
-        park(&inner, &c, to_park.iter().map(|&i| live[i]).collect());
+        park(
+            &inner,
+            &c,
+            to_park.iter().map(|&i| live[i]).collect(),
+            false,
+        );
         stop(
             &c,
             plan.stop
@@ -376,8 +400,16 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
         );
         // More wanted: parked replicas come back first.
         let mut wanted = plan.start;
+        let parked = parked_seen(&c, generation);
+        if wanted > 0 && !tiers::may_grow(&parked, c.activity.waiting() > 0) {
+            wanted = 0;
+            set_pending(
+                &c,
+                Some("parked to make room on its GPU for another model; hot again on its next request".into()),
+            );
+        }
         if wanted > 0 {
-            for id in tiers::resume_order(&parked_seen(&c, generation), wanted) {
+            for id in tiers::resume_order(&parked, wanted) {
                 match resume(&inner, &c, &id) {
                     Ok(()) => wanted -= 1,
                     Err(reason) => {
@@ -415,7 +447,6 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
             *c.pending.lock() = None;
         }
         publish(&c);
-        publish_tiers(&c);
         if *stopping.borrow() && want == 0 && c.replicas.lock().is_empty() {
             return;
         }
@@ -514,6 +545,7 @@ fn parked_seen(c: &Component, generation: u64) -> Vec<ParkedSeen> {
                 id: r.id.clone(),
                 since,
                 current: r.generation == generation,
+                evicted: r.evicted,
             }),
             _ => None,
         })
@@ -527,8 +559,13 @@ fn host_memory_short() -> bool {
         return false;
     };
     let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse::<u64>().ok())
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
     };
     matches!((field("MemAvailable:"), field("MemTotal:")), (Some(a), Some(t)) if a * 10 < t)
 }
@@ -551,7 +588,7 @@ fn random_token() -> String {
 
 /// Takes these ready replicas out of the endpoints and parks them: the gateway sends them
 /// nothing new, the replica finishes what it has, then gives its device memory back.
-fn park(inner: &Arc<Inner>, c: &Arc<Component>, indices: Vec<usize>) {
+fn park(inner: &Arc<Inner>, c: &Arc<Component>, indices: Vec<usize>, evicted: bool) {
     let mut calls = Vec::new();
     {
         let mut replicas = c.replicas.lock();
@@ -559,6 +596,7 @@ fn park(inner: &Arc<Inner>, c: &Arc<Component>, indices: Vec<usize>) {
             let r = &mut replicas[i];
             if let Phase::Ready(addr, grpc) = r.phase {
                 r.phase = Phase::Parking(addr, grpc);
+                r.evicted = evicted;
                 calls.push((r.id.clone(), addr));
             }
         }
@@ -607,21 +645,22 @@ fn park(inner: &Arc<Inner>, c: &Arc<Component>, indices: Vec<usize>) {
 fn resume(inner: &Arc<Inner>, c: &Arc<Component>, id: &str) -> Result<(), String> {
     let (addr, grpc, gpu, bytes) = {
         let replicas = c.replicas.lock();
-        let r = replicas
-            .iter()
-            .find(|r| r.id == id)
-            .ok_or("gone")?;
+        let r = replicas.iter().find(|r| r.id == id).ok_or("gone")?;
         let Phase::Parked { addr, grpc, .. } = r.phase else {
             return Err("not parked".into());
         };
         (addr, grpc, r.gpu, r.gpu_bytes)
     };
+    let _placing = inner.placing.lock();
     if let (Some(g), Some(inventory)) = (gpu, &inner.gpus) {
         match placement(inner, c, inventory.as_ref(), bytes, Some(g)) {
             Placement::Fits(_) => {}
             Placement::AfterParking { park: others, .. } => {
                 make_room(inner, &others);
-                return Err(format!("parking {} to make room on GPU {g}", others.join(", ")));
+                return Err(format!(
+                    "parking {} to make room on GPU {g}",
+                    others.join(", ")
+                ));
             }
             Placement::Wait(reason) => return Err(reason),
         }
@@ -662,6 +701,7 @@ fn resume(inner: &Arc<Inner>, c: &Arc<Component>, id: &str) -> Result<(), String
                         r.gpu_bytes = report.device_memory_bytes;
                     }
                     r.hot_since = Instant::now();
+                    r.evicted = false;
                     r.phase = Phase::Ready(addr, grpc);
                     tracing::info!(component = %c.key, replica = %id,
                         ms = took.as_secs_f64() * 1e3, "replica resumed");
@@ -693,7 +733,7 @@ fn make_room(inner: &Arc<Inner>, ids: &[String]) {
             .collect();
         if !indices.is_empty() {
             tracing::info!(component = %other.key, replicas = ?ids, "parking for GPU memory");
-            park(inner, &other, indices);
+            park(inner, &other, indices, true);
         }
     }
 }
@@ -744,7 +784,9 @@ fn placement(
         for r in other.replicas.lock().iter() {
             let Some(g) = r.gpu else { continue };
             match r.phase {
-                Phase::Starting | Phase::Resuming(..) => *promised.entry(g).or_default() += r.gpu_bytes,
+                Phase::Starting | Phase::Resuming(..) => {
+                    *promised.entry(g).or_default() += r.gpu_bytes
+                }
                 Phase::Ready(..) => {
                     *used.entry(g).or_default() += r.gpu_bytes;
                     hot_count += 1;
@@ -889,6 +931,7 @@ fn choose_gpu(
 
 fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<(), StartError> {
     let (generation, template) = c.template.lock().clone();
+    let placing = inner.placing.lock();
     let gpu = choose_gpu(inner, c, &template)?;
     let n = inner.next_replica.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}-{n}", c.key);
@@ -932,7 +975,9 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
         gpu_bytes: gpu.map_or(0, |(_, b)| b),
         cold_start: None,
         hot_since: Instant::now(),
+        evicted: false,
     });
+    drop(placing);
     tracing::info!(component = %c.key, replica = %id, gpu = ?gpu.map(|(g, _)| g), "starting replica");
     let c = c.clone();
     let (token, inventory) = (inner.control_token.clone(), inner.gpus.clone());
@@ -943,7 +988,9 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
                 // Its own account of the start (a transformer has none: all of it is "process").
                 let report = control::report(addr, &token).await.ok();
                 let total = spawned.elapsed();
-                let (fetch, load, warm_up) = report.as_ref().map_or(Default::default(), |r| r.load_phases());
+                let (fetch, load, warm_up) = report
+                    .as_ref()
+                    .map_or(Default::default(), |r| r.load_phases());
                 let cold_start = ColdStart {
                     kind: ColdStartKind::Spawn,
                     process: total.saturating_sub(fetch + load + warm_up),
@@ -963,9 +1010,9 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
                     if let Some(g) = r.gpu {
                         let reported = report.as_ref().map_or(0, |r| r.device_memory_bytes);
                         // NVML's count for the process adds the CUDA context and allocator pools.
-                        let seen = inventory.as_ref().map_or(0, |inv| {
-                            process_gpu_bytes(inv.as_ref(), g, r.child.id())
-                        });
+                        let seen = inventory
+                            .as_ref()
+                            .map_or(0, |inv| process_gpu_bytes(inv.as_ref(), g, r.child.id()));
                         let m = reported.max(seen);
                         if m > 0 {
                             r.gpu_bytes = m;

@@ -32,11 +32,17 @@ pub struct ParkedSeen {
     pub since: Instant,
     /// Of the component's current spec.
     pub current: bool,
+    /// Parked to make room for another component, not by its own scale-down.
+    pub evicted: bool,
 }
 
 /// Of the replicas the rollout plan stops, which are parked instead: ready ones of the current
 /// spec, while fewer than `limit` are parked.
-pub fn park_instead(limit: u32, parked_now: usize, stop_candidates: &[(usize, bool)]) -> Vec<usize> {
+pub fn park_instead(
+    limit: u32,
+    parked_now: usize,
+    stop_candidates: &[(usize, bool)],
+) -> Vec<usize> {
     let room = (limit as usize).saturating_sub(parked_now);
     stop_candidates
         .iter()
@@ -70,11 +76,22 @@ pub fn expire(
     stop
 }
 
+/// Whether a component may gain hot replicas now. One whose replicas were parked to make room
+/// for another waits for a request of its own (`has_demand`): its desired count still stands
+/// from before, and taking the room back at once would undo the placement that parked it.
+pub fn may_grow(parked: &[ParkedSeen], has_demand: bool) -> bool {
+    has_demand || !parked.iter().any(|p| p.evicted)
+}
+
 /// Parked replicas to resume for `wanted` more hot ones: the most recently parked first.
 pub fn resume_order(parked: &[ParkedSeen], wanted: usize) -> Vec<String> {
     let mut current: Vec<&ParkedSeen> = parked.iter().filter(|p| p.current).collect();
     current.sort_by_key(|p| std::cmp::Reverse(p.since));
-    current.into_iter().take(wanted).map(|p| p.id.clone()).collect()
+    current
+        .into_iter()
+        .take(wanted)
+        .map(|p| p.id.clone())
+        .collect()
 }
 
 /// One GPU's memory as placement counts it.
@@ -136,14 +153,14 @@ pub fn place(
     }
     let short = || {
         gpus.iter()
-            .map(|g| format!("GPU {} ({}) {} MiB", g.index, g.name, g.available >> 20))
+            .map(|g| format!("GPU {} ({}) {} free", g.index, g.name, mib(g.available)))
             .collect::<Vec<_>>()
             .join(", ")
     };
     if !has_demand {
         return Placement::Wait(format!(
-            "no GPU has {} MiB free for the model ({}); it becomes hot on its next request",
-            need >> 20,
+            "no GPU has {} free for the model ({}); it becomes hot on its next request",
+            mib(need),
             short()
         ));
     }
@@ -185,12 +202,17 @@ pub fn place(
     match best {
         Some((_, gpu, park)) => Placement::AfterParking { gpu, park },
         None => Placement::Wait(format!(
-            "no GPU has {} MiB free for the model ({}), and parking the idle replicas of other \
+            "no GPU has {} free for the model ({}), and parking the idle replicas of other \
              components above their minReplicas would not free enough: waiting",
-            need >> 20,
+            mib(need),
             short()
         )),
     }
+}
+
+/// `1.5 MiB`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 #[cfg(test)]
@@ -212,7 +234,19 @@ mod tests {
             id: id.into(),
             since,
             current,
+            evicted: false,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_component_parked_for_another_grows_again_only_on_its_own_request() {
+        let t0 = Instant::now();
+        let mut p = vec![parked("a", t0, true)];
+        assert!(may_grow(&p, false), "parked by its own scale-down");
+        p[0].evicted = true;
+        assert!(!may_grow(&p, false));
+        assert!(may_grow(&p, true));
+        assert!(may_grow(&[], false));
     }
 
     #[test]
@@ -222,11 +256,16 @@ mod tests {
         assert_eq!(park_instead(1, 0, &stop), vec![3]);
         assert_eq!(park_instead(5, 0, &stop), vec![3, 2]);
         assert_eq!(park_instead(1, 1, &stop), Vec::<usize>::new());
-        assert_eq!(park_instead(0, 0, &stop), Vec::<usize>::new(), "parking off");
+        assert_eq!(
+            park_instead(0, 0, &stop),
+            Vec::<usize>::new(),
+            "parking off"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn parked_replicas_exit_on_timeout_over_the_limit_on_an_old_spec_and_when_memory_is_short() {
+    async fn parked_replicas_exit_on_timeout_over_the_limit_on_an_old_spec_and_when_memory_is_short()
+     {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let p = [
@@ -240,7 +279,10 @@ mod tests {
         assert_eq!(expire(&p, 2, timeout, false, t0 + s(30)), vec!["a"]);
         // The timeout, counted per replica from when it was parked.
         assert_eq!(expire(&p, 3, timeout, false, t0 + s(600)), vec!["a"]);
-        assert_eq!(expire(&p, 3, timeout, false, t0 + s(620)), vec!["a", "b", "c"]);
+        assert_eq!(
+            expire(&p, 3, timeout, false, t0 + s(620)),
+            vec!["a", "b", "c"]
+        );
         // Old spec: at once.
         let old = [parked("a", t0, false), parked("b", t0, true)];
         assert_eq!(expire(&old, 3, timeout, false, t0), vec!["a"]);
@@ -282,7 +324,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn memory_pressure_parks_the_least_recently_used_idle_replicas_of_others_above_their_minimum() {
+    async fn memory_pressure_parks_the_least_recently_used_idle_replicas_of_others_above_their_minimum()
+     {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let now = t0 + s(100);
@@ -335,8 +378,8 @@ mod tests {
         // Too much even with every idle replica parked: wait, saying why.
         match place(&gpus, 2000 * MIB, &key("x"), true, &hot, &floor, now) {
             Placement::Wait(why) => {
-                assert!(why.contains("2000 MiB"), "{why}");
-                assert!(why.contains("GPU 0 (H200) 100 MiB"), "{why}");
+                assert!(why.contains("2000.0 MiB"), "{why}");
+                assert!(why.contains("GPU 0 (H200) 100.0 MiB free"), "{why}");
             }
             other => panic!("{other:?}"),
         }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use autoscaling::{ClusterDefaults, ComponentScaling, ScaleMetric};
-pub use tiers::TierPolicy;
 use raw::{RawComponent, RawInferenceService};
+pub use tiers::TierPolicy;
 
 pub const KSERVE_API_VERSION: &str = "serving.kserve.io/v1beta1";
 /// The group and version of Siesta's own InferenceService CRD (`siesta crd`).

@@ -48,18 +48,25 @@ pub(super) fn resolve(annotations: &BTreeMap<String, String>) -> Result<TierPoli
         let v = value.trim();
         match name {
             PARKED_REPLICAS => {
-                tiers.parked_replicas = v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n <= 1000)
-                    .ok_or_else(|| err(path(name), format!("'{v}' must be a whole number in 0..=1000")))?;
+                tiers.parked_replicas =
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= 1000)
+                        .ok_or_else(|| {
+                            err(
+                                path(name),
+                                format!("'{v}' must be a whole number in 0..=1000"),
+                            )
+                        })?;
             }
             PARK_TIMEOUT => {
                 let d = parse_go_duration(v).map_err(|reason| err(path(name), reason))?;
                 if d.is_zero() {
                     return Err(err(
                         path(name),
-                        format!("'{v}' must be positive (turn parking off with {PREFIX}{PARKED_REPLICAS}: \"0\")"),
+                        format!(
+                            "'{v}' must be positive (turn parking off with {PREFIX}{PARKED_REPLICAS}: \"0\")"
+                        ),
                     ));
                 }
                 tiers.park_timeout = d;
@@ -68,7 +75,12 @@ pub(super) fn resolve(annotations: &BTreeMap<String, String>) -> Result<TierPoli
                 tiers.gpu_sharing = match v {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(err(path(name), format!("'{v}' must be \"true\" or \"false\""))),
+                    _ => {
+                        return Err(err(
+                            path(name),
+                            format!("'{v}' must be \"true\" or \"false\""),
+                        ));
+                    }
                 };
             }
             _ => {
@@ -123,7 +135,9 @@ mod tests {
             }
         );
         assert_eq!(
-            of(&[("siesta.dev/parked-replicas", "0")]).unwrap().parked_replicas,
+            of(&[("siesta.dev/parked-replicas", "0")])
+                .unwrap()
+                .parked_replicas,
             0
         );
     }
@@ -136,7 +150,11 @@ mod tests {
             ("siesta.dev/park-timeout", "0s", "must be positive"),
             ("siesta.dev/park-timeout", "soon", ""),
             ("siesta.dev/gpu-sharing", "yes", "\"true\" or \"false\""),
-            ("siesta.dev/parked-replica", "1", "unknown Siesta annotation"),
+            (
+                "siesta.dev/parked-replica",
+                "1",
+                "unknown Siesta annotation",
+            ),
         ] {
             let e = of(&[(k, v)]).unwrap_err();
             assert_eq!(e.path, format!("metadata.annotations[{k}]"), "{k}={v}");
