@@ -227,6 +227,13 @@ enum ScaleCommand {
         /// Time from asking for a replica to its readiness.
         #[arg(long, default_value = "30ms", value_parser = parse_flag_duration)]
         cold_start: Duration,
+        /// Time from asking a parked replica back to its readiness (the manifest's
+        /// `siesta.dev/parked-replicas` and `park-timeout` decide when there is one).
+        #[arg(long, default_value = "2ms", value_parser = parse_flag_duration)]
+        resume: Duration,
+        /// Device memory of one hot replica, MiB (for device-memory GB x s).
+        #[arg(long, default_value_t = 1024)]
+        device_memory_mib: u64,
         /// Print the timeline and summary as JSON.
         #[arg(long)]
         json: bool,
@@ -467,8 +474,17 @@ fn main() -> Result<()> {
             config,
             trace,
             cold_start,
+            resume,
+            device_memory_mib,
             json,
-        }) => simulate::run(&config, &trace, cold_start, json),
+        }) => simulate::run(
+            &config,
+            &trace,
+            cold_start,
+            resume,
+            device_memory_mib << 20,
+            json,
+        ),
         Command::Scale(ScaleCommand::Decide { config }) => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;

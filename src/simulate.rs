@@ -5,9 +5,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use siesta_lifecycle::manifest::{self, ClusterDefaults};
-use siesta_lifecycle::simulate::{TraceRequest, simulate};
+use siesta_lifecycle::simulate::{SimTiers, TraceRequest, simulate};
 
-pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Result<()> {
+pub fn run(
+    config: &Path,
+    trace: &Path,
+    cold_start: Duration,
+    resume: Duration,
+    device_memory_bytes: u64,
+    json: bool,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let defaults = ClusterDefaults::default();
@@ -37,6 +44,11 @@ pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Res
         defaults.enable_scale_to_zero,
         &requests,
         cold_start,
+        SimTiers {
+            policy: p.tiers,
+            resume,
+            device_bytes: device_memory_bytes,
+        },
     );
     if json {
         println!(
@@ -61,14 +73,18 @@ pub fn run(config: &Path, trace: &Path, cold_start: Duration, json: bool) -> Res
     }
     let s = &report.summary;
     println!(
-        "{} requests; wait p50 {} ms, p99 {} ms, max {} ms; {} cold starts; at most {} replicas; {:.0} replica-seconds",
+        "{} requests; wait p50 {} ms, p99 {} ms, max {} ms; {} cold starts (new processes), {} resumes; \
+         at most {} replicas; {:.0} replica-seconds hot, {:.0} parked; {:.1} device-memory GB x s",
         s.requests,
         s.wait_p50_ms,
         s.wait_p99_ms,
         s.wait_max_ms,
         s.cold_starts,
+        s.resumes,
         s.max_replicas,
-        s.replica_seconds
+        s.replica_seconds,
+        s.parked_replica_seconds,
+        s.device_memory_gb_seconds
     );
     Ok(())
 }

@@ -680,7 +680,8 @@ spec:
     assert_eq!(s["ready"], 0);
     assert_eq!(s["starting"], 0);
     let why = s["pending"].as_str().unwrap();
-    assert!(why.contains("no GPU has 16384 MiB free"), "{why}");
+    assert!(why.contains("no GPU has 16384.4 MiB free"), "{why}");
+    assert!(why.contains("would not free enough"), "{why}");
     up.stop();
 }
 

@@ -569,6 +569,7 @@ async fn scale_loop(l: ScaleLoop) {
                 starting: p.starting,
                 ready: p.ready,
                 parked: 0,
+                device_memory_bytes: 0,
                 pending: p.pending.clone(),
                 // Kubelet backs crash-looping pods off itself; not read from pod status yet.
                 crash_loop: None,

@@ -9,6 +9,12 @@
 //! requests wait in the gateway in arrival order. Demand is counted from arrival, as the gateway
 //! does. Scaling down removes the newest replicas first (starting ones before ready ones); a
 //! removed replica takes no new request and finishes the ones it runs, as a draining replica does.
+//!
+//! Tiers follow the live backend's rules (`backend::tiers`: the same functions): a removed
+//! ready replica is parked while fewer than `parked-replicas` are, scaling up resumes the most
+//! recently parked first (ready after `resume`, not `cold_start`), and parked replicas exit
+//! after `park-timeout`. Hot (ready or starting) replicas hold `device_bytes` each; parked ones
+//! hold none.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,8 +22,19 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::autoscaler::Autoscaler;
+use crate::backend::tiers::{self, ParkedSeen};
 use crate::gateway::stats::DemandStats;
-use crate::manifest::ComponentScaling;
+use crate::manifest::{ComponentScaling, TierPolicy};
+
+/// The tiers as the simulation models them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimTiers {
+    pub policy: TierPolicy,
+    /// A parked replica's time to ready again.
+    pub resume: Duration,
+    /// Device memory of one hot replica.
+    pub device_bytes: u64,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TraceRequest {
@@ -50,9 +67,16 @@ pub struct Summary {
     pub wait_p50_ms: u64,
     pub wait_p99_ms: u64,
     pub wait_max_ms: u64,
+    /// Replicas started as new processes.
     pub cold_starts: u32,
+    /// Parked replicas brought back.
+    pub resumes: u32,
     pub max_replicas: u32,
+    /// Replica-seconds hot (ready, starting or draining) and parked.
     pub replica_seconds: f64,
+    pub parked_replica_seconds: f64,
+    /// Device memory held over time, GB x s (hot replicas only).
+    pub device_memory_gb_seconds: f64,
 }
 
 pub struct Report {
@@ -62,9 +86,12 @@ pub struct Report {
 }
 
 struct Replica {
+    id: u64,
     ready_at: u64,
     /// When each running request completes.
     running: Vec<u64>,
+    /// Parks once drained (scaled down while parking had room).
+    park: bool,
 }
 
 pub fn simulate(
@@ -73,6 +100,7 @@ pub fn simulate(
     enable_scale_to_zero: bool,
     trace: &[TraceRequest],
     cold_start: Duration,
+    tier: SimTiers,
 ) -> Report {
     let mut trace: Vec<TraceRequest> = trace.to_vec();
     trace.sort_by_key(|r| r.t_ms);
@@ -81,6 +109,12 @@ pub fn simulate(
     let mut demand = DemandStats::new(0);
     let mut replicas: Vec<Replica> = Vec::new();
     let mut draining: Vec<Replica> = Vec::new();
+    // The rules take tokio's instants: the simulated millisecond `ms` is `t0 + ms`.
+    let t0 = tokio::time::Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut parked: Vec<ParkedSeen> = Vec::new();
+    let mut next_id = 0u64;
+    let (mut resumes, mut parked_ms) = (0u32, 0u64);
     let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
     let mut waits: Vec<u64> = Vec::new();
     let mut scale_requests = Vec::new();
@@ -101,7 +135,23 @@ pub fn simulate(
                 done > now
             });
         }
+        for r in draining.iter().filter(|r| r.park && r.running.is_empty()) {
+            parked.push(ParkedSeen {
+                id: r.id.to_string(),
+                since: at(now),
+                current: true,
+                evicted: false,
+            });
+        }
         draining.retain(|r| !r.running.is_empty());
+        let expired = tiers::expire(
+            &parked,
+            tier.policy.parked_replicas,
+            tier.policy.park_timeout,
+            false,
+            at(now),
+        );
+        parked.retain(|p| !expired.contains(&p.id));
         let ready = replicas.iter().filter(|r| r.ready_at <= now).count() as u32;
         let mut woken = false;
         while next < trace.len() && trace[next].t_ms <= now {
@@ -142,10 +192,24 @@ pub fn simulate(
                 replicas: n,
             });
             desired = n;
-            while (replicas.len() as u32) < desired {
+            let wanted = (desired as usize).saturating_sub(replicas.len());
+            for id in tiers::resume_order(&parked, wanted) {
+                parked.retain(|p| p.id != id);
                 replicas.push(Replica {
+                    id: id.parse().expect("simulated ids are numbers"),
+                    ready_at: now + tier.resume.as_millis() as u64,
+                    running: Vec::new(),
+                    park: false,
+                });
+                resumes += 1;
+            }
+            while (replicas.len() as u32) < desired {
+                next_id += 1;
+                replicas.push(Replica {
+                    id: next_id,
                     ready_at: now + cold_ms,
                     running: Vec::new(),
+                    park: false,
                 });
                 cold_starts += 1;
             }
@@ -153,14 +217,19 @@ pub fn simulate(
                 let newest = (0..replicas.len())
                     .max_by_key(|&i| (replicas[i].ready_at, i))
                     .expect("more replicas than desired");
-                let r = replicas.remove(newest);
-                if !r.running.is_empty() {
+                let mut r = replicas.remove(newest);
+                let parking = parked.len() + draining.iter().filter(|d| d.park).count();
+                r.park = r.ready_at <= now
+                    && !tiers::park_instead(tier.policy.parked_replicas, parking, &[(0, true)])
+                        .is_empty();
+                if !r.running.is_empty() || r.park {
                     draining.push(r);
                 }
             }
         }
         max_replicas = max_replicas.max((replicas.len() + draining.len()) as u32);
         replica_ms += (replicas.len() + draining.len()) as u64;
+        parked_ms += parked.len() as u64;
         if now % 1000 == 999 {
             timeline.push(Sample {
                 t_s: now / 1000,
@@ -191,8 +260,11 @@ pub fn simulate(
             wait_p99_ms: pct(0.99),
             wait_max_ms: waits.last().copied().unwrap_or(0),
             cold_starts,
+            resumes,
             max_replicas,
             replica_seconds: replica_ms as f64 / 1000.0,
+            parked_replica_seconds: parked_ms as f64 / 1000.0,
+            device_memory_gb_seconds: replica_ms as f64 / 1000.0 * tier.device_bytes as f64 / 1e9,
         },
     }
 }
@@ -201,6 +273,17 @@ pub fn simulate(
 mod tests {
     use super::*;
     use crate::manifest::{ClusterDefaults, parse};
+
+    fn exit_only() -> SimTiers {
+        SimTiers {
+            policy: TierPolicy {
+                parked_replicas: 0,
+                ..TierPolicy::default()
+            },
+            resume: Duration::from_millis(2),
+            device_bytes: 1 << 30,
+        }
+    }
 
     fn scaling(spec: &str) -> (ComponentScaling, u32) {
         let text = format!(
@@ -232,6 +315,7 @@ mod tests {
             true,
             &closed_loop(5, 100, 60),
             Duration::from_millis(30),
+            exit_only(),
         );
         assert_eq!(r.summary.max_replicas, 8, "{:?}", r.summary);
         assert_eq!(
@@ -250,12 +334,79 @@ mod tests {
             duration_ms: 10,
             component: None,
         }];
-        let r = simulate(&s, cc, true, &trace, Duration::from_millis(250));
+        let r = simulate(
+            &s,
+            cc,
+            true,
+            &trace,
+            Duration::from_millis(250),
+            exit_only(),
+        );
         assert_eq!(
             r.summary.cold_starts, 2,
             "the initial replica, then one at 200 s"
         );
         assert_eq!(r.summary.wait_max_ms, 250);
+    }
+
+    #[test]
+    fn a_parked_replica_answers_a_request_at_zero_in_its_resume_time_and_holds_no_device_memory() {
+        let (s, cc) = scaling("    minReplicas: 0\n");
+        let trace = [
+            TraceRequest {
+                t_ms: 200_000,
+                duration_ms: 10,
+                component: None,
+            },
+            TraceRequest {
+                t_ms: 900_000,
+                duration_ms: 10,
+                component: None,
+            },
+        ];
+        let tiers = SimTiers {
+            policy: TierPolicy::default(),
+            ..exit_only()
+        };
+        let parked = simulate(&s, cc, true, &trace, Duration::from_millis(250), tiers);
+        let exited = simulate(
+            &s,
+            cc,
+            true,
+            &trace,
+            Duration::from_millis(250),
+            exit_only(),
+        );
+        // The initial replica parks at zero and is resumed at 200 s; the park timeout (10 min)
+        // passes before 900 s, so that request starts a process.
+        assert_eq!(
+            (parked.summary.cold_starts, parked.summary.resumes),
+            (2, 1),
+            "{:?}",
+            parked.summary
+        );
+        assert_eq!(parked.summary.wait_max_ms, 250, "the request after the park timeout");
+        let first = simulate(&s, cc, true, &trace[..1], Duration::from_millis(250), tiers);
+        assert_eq!(first.summary.wait_max_ms, 2, "the resume time, not the cold start");
+        assert_eq!((exited.summary.cold_starts, exited.summary.resumes), (3, 0));
+        // Same hot time (the autoscaler decides the same), parked time on top, no device memory.
+        assert!(
+            (parked.summary.replica_seconds - exited.summary.replica_seconds).abs() < 0.01,
+            "{:?} {:?}",
+            parked.summary,
+            exited.summary
+        );
+        // Parked from the first scale to zero to 200 s, then for the whole park timeout.
+        assert!(
+            parked.summary.parked_replica_seconds > 600.0,
+            "{:?}",
+            parked.summary
+        );
+        assert!(
+            (parked.summary.device_memory_gb_seconds - exited.summary.device_memory_gb_seconds)
+                .abs()
+                < 0.01
+        );
     }
 
     #[test]
@@ -268,6 +419,7 @@ mod tests {
             true,
             &closed_loop(2, 100, 10),
             Duration::from_millis(30),
+            exit_only(),
         );
         assert_eq!(r.summary.max_replicas, 1);
         assert!(

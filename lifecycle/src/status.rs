@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::crash_loop::CrashLoop;
 use crate::backend::gpu::{GpuInfo, GpuInventory};
 use crate::backend::{Endpoint, ReplicaBackend};
-use crate::gateway::pool::{Observed, Pool};
+use crate::gateway::pool::{ColdStarts, Observed, Pool};
 use crate::manifest::{Component, ComponentKind, ScaleMetric};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,9 @@ pub struct ComponentStatus {
     /// Replicas parked (device memory given back, process kept).
     #[serde(default)]
     pub parked: u32,
+    /// Device memory its hot replicas use on GPUs.
+    #[serde(default)]
+    pub device_memory_bytes: u64,
     /// Requests counted from arrival at the gateway (held ones included).
     pub in_flight: u32,
     pub autoscaler: Observed,
@@ -48,6 +51,9 @@ pub struct ComponentStatus {
     /// Replicas keep failing: how often, the last error, when the next start is allowed.
     #[serde(default)]
     pub crash_loop: Option<CrashLoop>,
+    /// Requests at zero served by a resumed or a new replica, since the gateway started.
+    #[serde(default)]
+    pub cold_starts: ColdStarts,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +115,7 @@ impl ComponentStatus {
             starting: st.starting,
             ready: st.ready,
             parked: st.parked,
+            device_memory_bytes: st.device_memory_bytes,
             in_flight: pool.in_flight(),
             autoscaler: *pool.observed.lock(),
             waiting: pool.waiting(),
@@ -120,6 +127,7 @@ impl ComponentStatus {
             endpoints,
             pending: st.pending,
             crash_loop: st.crash_loop,
+            cold_starts: pool.cold_starts(),
         }
     }
 }

@@ -169,6 +169,15 @@ async fn a_trace_gets_the_same_scale_requests_from_the_simulator_and_the_live_au
         true,
         &trace,
         Duration::from_millis(COLD_START_MS),
+        // The live side's backend below only starts and stops: parking off.
+        siesta_lifecycle::simulate::SimTiers {
+            policy: siesta_lifecycle::manifest::TierPolicy {
+                parked_replicas: 0,
+                ..Default::default()
+            },
+            resume: Duration::ZERO,
+            device_bytes: 0,
+        },
     );
     let last = trace.last().unwrap();
     let end_ms = last.t_ms

@@ -250,6 +250,16 @@ impl ReplicaBackend for LocalBackend {
                 .filter(|r| matches!(r.phase, Phase::Ready(..)))
                 .count() as u32,
             parked: replicas.iter().filter(|r| r.phase.is_parked()).count() as u32,
+            device_memory_bytes: replicas
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.phase,
+                        Phase::Ready(..) | Phase::Parking(..) | Phase::Resuming(..)
+                    )
+                })
+                .map(|r| r.gpu_bytes)
+                .sum(),
             pending: c.pending.lock().clone(),
             crash_loop: c.backoff.lock().crash_loop(Instant::now(), any_ready),
         })
@@ -536,6 +546,12 @@ fn publish_tiers(c: &Component) {
     }
 }
 
+/// `siesta_replica_starts_total{component, kind}`: processes spawned and parked replicas resumed.
+fn count_start(c: &Component, kind: ColdStartKind) {
+    metrics::counter!("siesta_replica_starts_total", "component" => c.key.to_string(), "kind" => kind.as_str())
+        .increment(1);
+}
+
 fn parked_seen(c: &Component, generation: u64) -> Vec<ParkedSeen> {
     c.replicas
         .lock()
@@ -673,6 +689,7 @@ fn resume(inner: &Arc<Inner>, c: &Arc<Component>, id: &str) -> Result<(), String
         r.phase = Phase::Resuming(addr, grpc);
     }
     tracing::info!(component = %c.key, replica = %id, "resuming replica");
+    count_start(c, ColdStartKind::Resume);
     let (c, token, id) = (c.clone(), inner.control_token.clone(), id.to_string());
     tokio::spawn(async move {
         let started = Instant::now();
@@ -779,7 +796,15 @@ fn placement(
     let mut floor = HashMap::new();
     let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
     for other in &components {
-        let min = other.template.lock().1.tiers.map(|t| t.min_replicas);
+        // Parking off (`parked-replicas: "0"`) or no tiers (a transformer): never parked for
+        // memory; such a component frees its GPU only by scaling down, as under Knative.
+        let min = other
+            .template
+            .lock()
+            .1
+            .tiers
+            .filter(|t| t.policy.parked_replicas > 0)
+            .map(|t| t.min_replicas);
         let mut hot_count = 0;
         for r in other.replicas.lock().iter() {
             let Some(g) = r.gpu else { continue };
@@ -804,7 +829,6 @@ fn placement(
                 Phase::Parked { .. } => {}
             }
         }
-        // A component without tiers (a transformer) is never parked for memory.
         floor.insert(other.key.clone(), (hot_count, min.unwrap_or(hot_count)));
     }
     let rooms: Vec<GpuRoom> = gpus
@@ -978,6 +1002,7 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
         evicted: false,
     });
     drop(placing);
+    count_start(c, ColdStartKind::Spawn);
     tracing::info!(component = %c.key, replica = %id, gpu = ?gpu.map(|(g, _)| g), "starting replica");
     let c = c.clone();
     let (token, inventory) = (inner.control_token.clone(), inner.gpus.clone());

@@ -79,6 +79,8 @@ pub struct BackendStatus {
     pub ready: u32,
     /// Replicas parked: device memory given back, process and weights in host memory kept.
     pub parked: u32,
+    /// Device memory of its hot replicas on GPUs (measured once they reported).
+    pub device_memory_bytes: u64,
     /// Why a wanted replica is not starting (e.g. no GPU has room for the model).
     pub pending: Option<String>,
     /// Replicas keep failing: how often, the last error, when the next start is allowed.

@@ -157,13 +157,6 @@ pub fn place(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if !has_demand {
-        return Placement::Wait(format!(
-            "no GPU has {} free for the model ({}); it becomes hot on its next request",
-            mib(need),
-            short()
-        ));
-    }
     // Per GPU: park idle replicas of other components, least recently used first, until the
     // model fits; the GPU that needs the fewest parked wins.
     let mut best: Option<(usize, u32, Vec<String>)> = None;
@@ -200,7 +193,13 @@ pub fn place(
         }
     }
     match best {
-        Some((_, gpu, park)) => Placement::AfterParking { gpu, park },
+        Some((_, gpu, park)) if has_demand => Placement::AfterParking { gpu, park },
+        Some(_) => Placement::Wait(format!(
+            "no GPU has {} free for the model ({}); on its next request idle replicas of other \
+             components are parked to make room",
+            mib(need),
+            short()
+        )),
         None => Placement::Wait(format!(
             "no GPU has {} free for the model ({}), and parking the idle replicas of other \
              components above their minReplicas would not free enough: waiting",

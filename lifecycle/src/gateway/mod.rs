@@ -8,6 +8,7 @@ mod body;
 mod error;
 pub(crate) mod forwarded;
 pub(crate) mod grpc;
+pub mod history;
 pub mod install;
 pub mod pool;
 pub(crate) mod stats;
@@ -83,6 +84,12 @@ pub struct Gateway {
     status: StatusRender,
     recorder: Option<trace::TraceRecorder>,
     body_budget: BodyBudget,
+    history: Arc<history::History>,
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    since: Option<u64>,
 }
 
 /// Request-body bytes held in memory at once by default, all requests together
@@ -112,6 +119,10 @@ impl Gateway {
         status: StatusRender,
         recorder: Option<trace::TraceRecorder>,
     ) -> Self {
+        let history = Arc::new(history::History::default());
+        let sampled = status.clone();
+        // Ends when the last clone of the gateway (and its history) is dropped.
+        history.run(move || sampled());
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
@@ -130,6 +141,7 @@ impl Gateway {
             status,
             recorder,
             body_budget: BodyBudget::new(DEFAULT_BODY_BUDGET, body::BODY_TIMEOUT),
+            history,
         }
     }
 
@@ -148,6 +160,15 @@ impl Gateway {
                 "/siesta/status",
                 axum::routing::get(
                     |State(gw): State<Gateway>| async move { axum::Json((gw.status)()) },
+                ),
+            )
+            .route(
+                "/siesta/history",
+                axum::routing::get(
+                    |State(gw): State<Gateway>,
+                     axum::extract::Query(q): axum::extract::Query<HistoryQuery>| async move {
+                        axum::Json(gw.history.since(q.since))
+                    },
                 ),
             )
             .route(
@@ -365,6 +386,7 @@ pub(crate) fn note_cold_start(pool: &Pool, lease: &Lease, held: Duration, header
     };
     metrics::histogram!("siesta_cold_start_seconds", "component" => pool.name.clone(), "kind" => cold.kind.as_str())
         .record(held.as_secs_f64());
+    pool.count_cold_start(cold.kind);
     headers.insert(
         "x-siesta-cold-start",
         HeaderValue::from_static(cold.kind.as_str()),

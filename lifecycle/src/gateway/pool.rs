@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::stats::{DemandReport, DemandStats};
 use crate::backend::activity::Activity;
 use crate::backend::crash_loop::CrashLoop;
-use crate::backend::{ColdStart, ComponentKey, Endpoint};
+use crate::backend::{ColdStart, ColdStartKind, ComponentKey, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcquireError {
@@ -73,6 +73,16 @@ pub struct Pool {
     closed: AtomicBool,
     /// Shared with the backend: what it parks and makes room by.
     activity: Arc<Activity>,
+    /// Requests at zero served by a resumed / a new replica.
+    cold_resume: std::sync::atomic::AtomicU64,
+    cold_spawn: std::sync::atomic::AtomicU64,
+}
+
+/// Requests at zero, by how their replica became ready, since the gateway started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ColdStarts {
+    pub resume: u64,
+    pub spawn: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -184,6 +194,8 @@ impl Pool {
             started: Instant::now(),
             closed: AtomicBool::new(false),
             activity,
+            cold_resume: Default::default(),
+            cold_spawn: Default::default(),
         })
     }
 
@@ -214,6 +226,21 @@ impl Pool {
 
     pub fn waiting(&self) -> usize {
         self.state.lock().waiting
+    }
+
+    pub fn count_cold_start(&self, kind: ColdStartKind) {
+        match kind {
+            ColdStartKind::Resume => &self.cold_resume,
+            ColdStartKind::Spawn => &self.cold_spawn,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cold_starts(&self) -> ColdStarts {
+        ColdStarts {
+            resume: self.cold_resume.load(Ordering::Relaxed),
+            spawn: self.cold_spawn.load(Ordering::Relaxed),
+        }
     }
 
     pub fn in_flight(&self) -> u32 {
