@@ -106,6 +106,10 @@ struct ScalingArgs {
     /// Never scale to zero.
     #[arg(long)]
     no_scale_to_zero: bool,
+    /// Knative's allow-zero-initial-scale: `autoscaling.knative.dev/initial-scale: "0"` is
+    /// accepted, so a new service starts no replica until its first request.
+    #[arg(long)]
+    allow_zero_initial_scale: bool,
     /// Requests held per component while it has no ready replica.
     #[arg(long, default_value_t = 1000)]
     hold_queue: usize,
@@ -133,6 +137,7 @@ impl ScalingArgs {
             tick: self.tick,
             target_burst_capacity: self.target_burst_capacity,
             enable_scale_to_zero: !self.no_scale_to_zero,
+            allow_zero_initial_scale: self.allow_zero_initial_scale,
             ..Default::default()
         })
     }
