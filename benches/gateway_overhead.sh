@@ -37,10 +37,11 @@ metadata: {name: mnist}
 spec:
   predictor: {minReplicas: 1, maxReplicas: 1, model: {modelFormat: {name: siesta}, storageUri: "siesta://mnist"}}
 YAML
+# Parking off: scale from zero here is a new process (benches/tiers.sh compares it with a resume).
 cat >"$OUT/cold.yaml" <<'YAML'
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
-metadata: {name: cold}
+metadata: {name: cold, annotations: {siesta.dev/parked-replicas: "0"}}
 spec:
   predictor: {minReplicas: 0, model: {modelFormat: {name: siesta}, storageUri: "siesta://mnist"}}
 YAML

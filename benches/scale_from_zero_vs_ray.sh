@@ -19,10 +19,12 @@ trap cleanup EXIT
   .venv-bench/bin/pip install -q "ray[serve]==2.60.0" "torch==2.11.0" safetensors numpy
 cargo build --release --bin siesta -q
 python3 scripts/mnist_body.py 3 >"$OUT/body.json" 2>/dev/null
+# Parking off: this compares a new process with Ray's new replica (benches/tiers.sh measures a
+# request at zero served by a parked replica).
 cat >"$OUT/cold.yaml" <<'YAML'
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
-metadata: {name: cold}
+metadata: {name: cold, annotations: {siesta.dev/parked-replicas: "0"}}
 spec:
   predictor: {minReplicas: 0, model: {modelFormat: {name: siesta}, storageUri: "siesta://mnist"}}
 YAML

@@ -104,6 +104,14 @@ pub fn print_crd(a: CrdArgs) -> Result<()> {
     }
 }
 
+/// The replicas' control token, shared by the controller and the gateway through the
+/// `siesta-control` Secret (deploy/base): from the environment, never a flag.
+fn control_token() -> Option<String> {
+    std::env::var(siesta_http_server::replica_control::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
 pub async fn run_controller(a: ControllerArgs) -> Result<()> {
     let client = siesta_k8s::kube::Client::try_default()
         .await
@@ -119,6 +127,7 @@ pub async fn run_controller(a: ControllerArgs) -> Result<()> {
             domain: a.domain,
             api_group: a.api_group,
             model_cache_host_path: Some(a.model_cache_host_path).filter(|p| !p.is_empty()),
+            control_token: control_token(),
         },
     )
     .await;
@@ -143,6 +152,7 @@ pub async fn run_gateway(a: GatewayArgs) -> Result<()> {
         metrics: Arc::new(move || handle.render()),
         clock: Arc::new(siesta_k8s::backend::now),
         connections: a.connections.limits(),
+        control_token: control_token(),
     };
     siesta_k8s::gateway::run(
         client,

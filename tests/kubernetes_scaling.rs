@@ -268,6 +268,7 @@ impl Cluster {
             },
             metrics: Arc::new(String::new),
             clock: Arc::new(siesta_k8s::backend::now),
+            control_token: None,
             connections: Default::default(),
         };
         let gateway = tokio::spawn({

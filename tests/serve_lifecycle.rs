@@ -317,3 +317,97 @@ async fn concurrent_requests_are_batched() {
         "{m}"
     );
 }
+
+/// Replica control (park, resume, the tier report) exists only with a token, answers a
+/// missing or wrong one 403 with a JSON error, and parks for real: the model's device copy is
+/// given back, a request meanwhile restores it on demand, and resume brings it back.
+#[tokio::test]
+async fn replica_control_needs_its_token_and_parks_and_resumes_the_model() {
+    let s = Server::start_with(
+        &[],
+        "warn",
+        std::process::Stdio::inherit(),
+        &[("SIESTA_CONTROL_TOKEN", "0123456789abcdef")],
+    );
+    s.wait_ready().await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut req = client.request(method, s.url(path));
+        if let Some(t) = token {
+            req = req.header("x-siesta-control-token", t);
+        }
+        req.send()
+    };
+    for token in [
+        None,
+        Some(""),
+        Some("0123456789abcdeX"),
+        Some("0123456789abcdef0"),
+    ] {
+        let r = call(reqwest::Method::POST, "/siesta/replica/park", token)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{token:?}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    }
+    let t = Some("0123456789abcdef");
+    let report: Value = call(reqwest::Method::GET, "/siesta/replica", t)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["tier"], "hot", "{report}");
+    let hot_bytes = report["device_memory_bytes"].as_u64().unwrap();
+    assert!(hot_bytes > 0, "{report}");
+    assert!(
+        report["models"][0]["load"]["load"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
+    let parked: Value = call(reqwest::Method::POST, "/siesta/replica/park", t)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(parked["tier"], "parked", "{parked}");
+    assert_eq!(parked["device_memory_bytes"], 0, "{parked}");
+    // A request that reaches a parked replica anyway is served: the weights come back on demand.
+    let r = s.infer_zeros().await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-siesta-restored-ms"));
+    call(reqwest::Method::POST, "/siesta/replica/park", t)
+        .await
+        .unwrap();
+    let resumed: Value = call(reqwest::Method::POST, "/siesta/replica/resume", t)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resumed["tier"], "hot", "{resumed}");
+    assert_eq!(resumed["device_memory_bytes"].as_u64(), Some(hot_bytes));
+    assert!(resumed["upload_ms"].as_f64().unwrap() > 0.0, "{resumed}");
+    // Resumed already: the next request pays no restore.
+    let r = s.infer_zeros().await;
+    assert!(!r.headers().contains_key("x-siesta-restored-ms"));
+    // The wrong method on a control route is refused, not run.
+    let r = call(reqwest::Method::GET, "/siesta/replica/park", t)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Without a token in its environment a replica has no control routes at all.
+    let plain = Server::start(&[]);
+    plain.wait_ready().await;
+    let r = client
+        .post(plain.url("/siesta/replica/park"))
+        .header("x-siesta-control-token", "anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+}

@@ -112,7 +112,8 @@ spec:
         .find(|l| l.starts_with("limited-predictor"))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("limited-predictor-1"), "{row}");
-    // The live page is served by the gateway and reads the same status document.
+    // The live page is served by the gateway and reads its history: one sample per second of
+    // the status, kept server-side (15 minutes).
     let page = reqwest::get(format!("{}/dashboard", up.gateway))
         .await
         .unwrap();
@@ -123,8 +124,41 @@ spec:
             .unwrap()
             .starts_with("text/html")
     );
-    assert!(page.text().await.unwrap().contains("/siesta/status"));
+    assert!(page.text().await.unwrap().contains("/siesta/history"));
     assert!(up.status().await["autoscaler"]["desired"].is_i64());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let history: Value = reqwest::get(format!("{}/siesta/history", up.gateway))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let samples = history["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{history}");
+    let last = &samples[samples.len() - 1];
+    assert_eq!(
+        last["components"]["limited-predictor"]["ready"], 1,
+        "{last}"
+    );
+    let t = last["t"].as_u64().unwrap();
+    let newer: Value = reqwest::get(format!("{}/siesta/history?since={t}", up.gateway))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        newer["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["t"].as_u64().unwrap() > t),
+        "{newer}"
+    );
+    let bad = reqwest::get(format!("{}/siesta/history?since=yesterday", up.gateway))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "a malformed query is refused");
     let dir = tempfile::tempdir().unwrap();
     let body = common::mnist_body_file(dir.path());
     let url = format!("{}/v2/models/limited/infer", up.gateway);

@@ -94,6 +94,14 @@ async fn scale_down_parks_a_request_at_zero_resumes_it_and_the_park_timeout_ends
         })
         .await;
     assert!(s["endpoints"].as_array().unwrap().is_empty(), "{s}");
+    // Replica control is never reachable through the gateway.
+    let r = reqwest::Client::new()
+        .post(format!("{}/siesta/replica/park", up.gateway))
+        .header("x-siesta-control-token", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 
     // A request at zero resumes it: held for the resume only, no process start.
     let a = predict(&up.gateway, "m", &body).await;
@@ -255,5 +263,58 @@ async fn a_request_where_gpu_memory_is_short_parks_the_least_recently_used_idle_
     let of = |n: &str| all[&format!("{n}-predictor")].clone();
     assert_eq!(of(&warm[1])["parked"], 1, "{all:?}");
     assert_eq!(of(&cold)["ready"], 1, "{all:?}");
+    up.stop();
+}
+
+/// Load that needs three replicas, a pause that scales to zero (two parked: the limit, the
+/// third exits), and the same load again: the two come back by resume and one new process
+/// starts; no request of either run is lost.
+#[tokio::test]
+async fn scale_up_resumes_parked_replicas_before_starting_new_ones_losing_nothing() {
+    let up = Up::start(
+        &service("m", "siesta.dev/parked-replicas: \"2\"")
+            .replace("maxReplicas: 2", "maxReplicas: 3\n    scaleTarget: 1"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let body = common::mnist_body_file(dir.path());
+    let url = format!("{}/v2/models/m/infer", up.gateway);
+    up.wait_for("initial replica", Duration::from_secs(20), |s| {
+        s["ready"] == 1
+    })
+    .await;
+    let sent = common::hey_all_ok(&["-z", "4s", "-c", "3"], &body, &url).await;
+    assert!(sent > 0);
+    up.wait_for("three hot", Duration::from_secs(10), |s| s["ready"] == 3)
+        .await;
+    up.wait_for("zero, two parked", Duration::from_secs(30), |s| {
+        s["ready"] == 0 && s["starting"] == 0 && s["parked"] == 2
+    })
+    .await;
+    common::hey_all_ok(&["-z", "4s", "-c", "3"], &body, &url).await;
+    up.wait_for("three hot again", Duration::from_secs(10), |s| {
+        s["ready"] == 3 && s["parked"] == 0
+    })
+    .await;
+    let metrics = reqwest::get(format!("{}/siesta/metrics", up.gateway))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let starts = |kind: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("siesta_replica_starts_total{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    assert_eq!(starts("resume"), 2, "{metrics}");
+    assert_eq!(
+        starts("spawn"),
+        4,
+        "three for the first run, one for the second: {metrics}"
+    );
     up.stop();
 }

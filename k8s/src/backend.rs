@@ -31,11 +31,14 @@ use parking_lot::Mutex;
 use siesta_lifecycle::backend::crash_loop::CrashLoop;
 use siesta_lifecycle::backend::{
     BackendError, BackendStatus, ComponentKey, Endpoint, ReplicaBackend, ReplicaTemplate,
+    ReplicaTiers, control,
 };
+use siesta_lifecycle::manifest::TierPolicy;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::desired::{LABEL_COMPONENT, LABEL_SERVICE};
+use crate::parking::{self, DELETION_COST, Parked, ParkedPod};
 
 /// How soon a failed scale request (e.g. the Deployment is not created yet) is tried again.
 const RETRY_SCALE: Duration = Duration::from_secs(2);
@@ -291,6 +294,9 @@ struct Inner {
     startup_deadline: Duration,
     clock: Clock,
     components: Mutex<HashMap<ComponentKey, Arc<Component>>>,
+    /// The replicas' control token (the controller puts the same one into their pods):
+    /// without it nothing is parked.
+    control_token: Option<String>,
 }
 
 struct Component {
@@ -316,13 +322,24 @@ impl KubeBackend {
                 startup_deadline,
                 clock,
                 components: Mutex::new(HashMap::new()),
+                control_token: None,
             }),
         }
     }
 
+    /// The token to park and resume replicas with (`siesta gateway` reads it from
+    /// `SIESTA_CONTROL_TOKEN`, as the controller does). Before the backend is shared.
+    pub fn with_control_token(mut self, token: Option<String>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_control_token before the backend is cloned")
+            .control_token = token;
+        self
+    }
+
     /// Makes a component of `namespace` known: its Deployment and Service are
-    /// `{service}-{kind}` there.
-    pub fn register_in(&self, namespace: &str, key: &ComponentKey) {
+    /// `{service}-{kind}` there. Its replicas are parked on scale-down only with `tiers`
+    /// saying the GPUs are shared (`parking`), and a control token.
+    pub fn register_in(&self, namespace: &str, key: &ComponentKey, tiers: Option<ReplicaTiers>) {
         let name = key.to_string();
         let (asked, _) = watch::channel(None);
         let (endpoints, _) = watch::channel(Vec::new());
@@ -340,7 +357,21 @@ impl KubeBackend {
         let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
         let pods = Api::<Pod>::namespaced(client.clone(), namespace);
         let deployments = Api::<Deployment>::namespaced(client, namespace);
+        let (raw_tx, raw_rx) = watch::channel(Vec::new());
+        let parked: Arc<Mutex<Parked>> = Arc::default();
+        let parking = tiers
+            .map(|t| t.policy)
+            .filter(|p| p.gpu_sharing && p.parked_replicas > 0);
+        let parking = match (parking, &self.inner.control_token) {
+            (Some(p), Some(token)) => Some((p, token.clone())),
+            (Some(_), None) => {
+                tracing::warn!(component = %name, "siesta.dev/gpu-sharing is set but the gateway has no SIESTA_CONTROL_TOKEN: its pods are deleted on scale-down, not parked");
+                None
+            }
+            _ => None,
+        };
         let endpoints_tx = endpoints.clone();
+        let parked_for_slices = parked.clone();
         let span = tracing::info_span!("component", component = %name, namespace);
         let tasks = vec![
             tokio::spawn(follow(
@@ -348,11 +379,8 @@ impl KubeBackend {
                 format!("kubernetes.io/service-name={name}"),
                 move |slices| {
                     let ready = ready_endpoints(slices.iter().map(|s| s.as_ref()));
-                    endpoints_tx.send_if_modified(|e| {
-                        let changed = *e != ready;
-                        *e = ready;
-                        changed
-                    });
+                    publish(&ready, &parked_for_slices.lock(), &endpoints_tx);
+                    raw_tx.send_replace(ready);
                 },
                 span.clone(),
             )),
@@ -377,7 +405,7 @@ impl KubeBackend {
                 span.clone(),
             )),
             tokio::spawn(follow(
-                pods,
+                pods.clone(),
                 selector,
                 move |pods| {
                     let views: Vec<PodView> = pods.iter().map(|p| PodView::from_pod(p)).collect();
@@ -400,6 +428,11 @@ impl KubeBackend {
                 current: current_rx,
                 status: status.clone(),
                 span,
+                parking,
+                pods_api: pods,
+                ready: raw_rx,
+                endpoints: endpoints.clone(),
+                parked,
             })),
         ];
         let component = Arc::new(Component {
@@ -439,9 +472,9 @@ impl KubeBackend {
 impl ReplicaBackend for KubeBackend {
     /// The template is the controller's business in a cluster (it is the Deployment's pod
     /// template); the gateway only scales and routes.
-    fn register(&self, key: &ComponentKey, _template: ReplicaTemplate) {
+    fn register(&self, key: &ComponentKey, template: ReplicaTemplate) {
         let namespace = self.inner.namespace.clone();
-        self.register_in(&namespace, key);
+        self.register_in(&namespace, key, template.tiers);
     }
 
     fn scale(&self, key: &ComponentKey, replicas: u32) -> Result<(), BackendError> {
@@ -537,27 +570,156 @@ struct ScaleLoop {
     current: watch::Receiver<Option<u32>>,
     status: Arc<Mutex<BackendStatus>>,
     span: tracing::Span,
+    /// The tier policy and control token, where pods are parked (GPUs shared).
+    parking: Option<(TierPolicy, String)>,
+    pods_api: Api<Pod>,
+    /// Ready endpoints as the EndpointSlices say, parked ones included.
+    ready: watch::Receiver<Vec<Endpoint>>,
+    /// What the gateway routes to: the ready ones that are not parked.
+    endpoints: watch::Sender<Vec<Endpoint>>,
+    parked: Arc<Mutex<Parked>>,
 }
 
-async fn scale_loop(l: ScaleLoop) {
-    let ScaleLoop {
-        inner,
-        deployments,
-        name,
-        mut asked,
-        mut pods,
-        mut current,
-        status,
-        span,
-    } = l;
+/// The ready endpoints less the parked pods.
+fn publish(ready: &[Endpoint], parked: &Parked, tx: &watch::Sender<Vec<Endpoint>>) {
+    let routed: Vec<Endpoint> = ready
+        .iter()
+        .filter(|e| !parked.contains_key(&e.replica))
+        .cloned()
+        .collect();
+    tx.send_if_modified(|e| {
+        let changed = *e != routed;
+        *e = routed;
+        changed
+    });
+}
+
+/// Parks, resumes and retires pods as [`parking::plan`] says; returns the Deployment's count.
+async fn park_round(
+    l: &ScaleLoop,
+    policy: TierPolicy,
+    token: &str,
+    want: u32,
+    views: &[PodView],
+) -> u32 {
+    let now = tokio::time::Instant::now();
+    let ready = l.ready.borrow().clone();
+    let live: Vec<&PodView> = views.iter().filter(|v| !v.deleting).collect();
+    // Pods that are gone are forgotten.
+    l.parked
+        .lock()
+        .retain(|name, _| live.iter().any(|v| &v.name == name));
+    let (hot_ready, starting) = {
+        let parked = l.parked.lock();
+        let mut hot: Vec<&PodView> = live
+            .iter()
+            .copied()
+            .filter(|v| v.ready && !parked.contains_key(&v.name))
+            .filter(|v| ready.iter().any(|e| e.replica == v.name))
+            .collect();
+        hot.sort_by(|a, b| b.created.cmp(&a.created));
+        let starting = live
+            .iter()
+            .filter(|v| !v.ready && !parked.contains_key(&v.name))
+            .count() as u32;
+        (
+            hot.into_iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+            starting,
+        )
+    };
+    let plan = parking::plan(want, &hot_ready, starting, &l.parked.lock(), policy, now);
+    for name in &plan.retire {
+        retire(l, name).await;
+    }
+    for name in &plan.park {
+        let Some(e) = ready.iter().find(|e| &e.replica == name) else {
+            continue;
+        };
+        // Out of the endpoints before the call: the replica finishes what it has, gets nothing new.
+        l.parked.lock().insert(
+            name.clone(),
+            ParkedPod {
+                addr: e.addr,
+                since: now,
+                retiring: false,
+            },
+        );
+        publish(&ready, &l.parked.lock(), &l.endpoints);
+        match control::park(e.addr, token).await {
+            Ok(r) => {
+                tracing::info!(component = %l.name, pod = %name, ms = r.took_ms, "pod parked");
+                // Kept when the count drops for a hot pod: the ReplicaSet deletes it last.
+                deletion_cost(l, name, Some("1000")).await;
+            }
+            Err(err) => {
+                tracing::warn!(component = %l.name, pod = %name, error = %err, "parking failed; deleting the pod instead");
+                retire(l, name).await;
+            }
+        }
+    }
+    for name in &plan.resume {
+        let Some(addr) = l.parked.lock().get(name).map(|p| p.addr) else {
+            continue;
+        };
+        match control::resume(addr, token).await {
+            Ok(r) => {
+                tracing::info!(component = %l.name, pod = %name, ms = r.took_ms, "pod resumed");
+                l.parked.lock().remove(name);
+                deletion_cost(l, name, None).await;
+                metrics::counter!("siesta_replica_starts_total", "component" => l.name.clone(), "kind" => "resume").increment(1);
+            }
+            Err(err) => {
+                tracing::warn!(component = %l.name, pod = %name, error = %err, "resume failed; deleting the pod");
+                retire(l, name).await;
+            }
+        }
+    }
+    publish(&ready, &l.parked.lock(), &l.endpoints);
+    plan.replicas
+}
+
+/// Marks a parked pod as the one the ReplicaSet deletes first, and stops counting it.
+async fn retire(l: &ScaleLoop, name: &str) {
+    if let Some(p) = l.parked.lock().get_mut(name) {
+        p.retiring = true;
+    }
+    deletion_cost(l, name, Some("-1000")).await;
+}
+
+/// Sets (or, with `None`, removes) a pod's `controller.kubernetes.io/pod-deletion-cost`.
+async fn deletion_cost(l: &ScaleLoop, name: &str, cost: Option<&str>) {
+    let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+    if let Err(e) = l
+        .pods_api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(component = %l.name, pod = %name, error = %e, "cannot set the pod's deletion cost");
+    }
+}
+
+async fn scale_loop(mut l: ScaleLoop) {
     loop {
-        let want = *asked.borrow_and_update();
-        let views = pods.borrow_and_update().clone();
+        let want = *l.asked.borrow_and_update();
+        let views = l.pods.borrow_and_update().clone();
         // What the Deployment says now (watched): someone else's `kubectl scale` is undone too.
-        let applied = *current.borrow_and_update();
+        let applied = *l.current.borrow_and_update();
         let mut wait = REPLAN_EVERY;
         if let Some(want) = want {
-            let p = plan(want, &views, (inner.clock)(), inner.startup_deadline);
+            let target = match l.parking.clone() {
+                Some((policy, token)) => park_round(&l, policy, &token, want, &views).await,
+                None => want,
+            };
+            let parked = l.parked.lock().values().filter(|p| !p.retiring).count() as u32;
+            let ScaleLoop {
+                inner,
+                deployments,
+                name,
+                status,
+                span,
+                ..
+            } = &l;
+            let p = plan(target, &views, (inner.clock)(), inner.startup_deadline);
             if p.pending != status.lock().pending
                 && let Some(reason) = &p.pending
             {
@@ -565,10 +727,10 @@ async fn scale_loop(l: ScaleLoop) {
                 tracing::warn!(%reason, "replica pending");
             }
             *status.lock() = BackendStatus {
-                desired: p.replicas,
+                desired: p.replicas - parked.min(p.replicas),
                 starting: p.starting,
-                ready: p.ready,
-                parked: 0,
+                ready: p.ready.saturating_sub(parked),
+                parked,
                 device_memory_bytes: 0,
                 pending: p.pending.clone(),
                 // Kubelet backs crash-looping pods off itself; not read from pod status yet.
@@ -577,7 +739,7 @@ async fn scale_loop(l: ScaleLoop) {
             if applied != Some(p.replicas) {
                 let patch = serde_json::json!({"spec": {"replicas": p.replicas}});
                 match deployments
-                    .patch_scale(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
                     Ok(_) => {
@@ -594,10 +756,15 @@ async fn scale_loop(l: ScaleLoop) {
                 }
             }
         }
+        if l.parking.is_some() {
+            // The park timeout is counted here, not by a watch.
+            wait = wait.min(Duration::from_secs(1));
+        }
         tokio::select! {
-            r = asked.changed() => if r.is_err() { return },
-            r = pods.changed() => if r.is_err() { return },
-            r = current.changed() => if r.is_err() { return },
+            r = l.asked.changed() => if r.is_err() { return },
+            r = l.pods.changed() => if r.is_err() { return },
+            r = l.current.changed() => if r.is_err() { return },
+            r = l.ready.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
     }

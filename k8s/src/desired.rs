@@ -46,6 +46,11 @@ pub struct Settings {
     /// replica scheduled where the model was downloaded before starts without a download.
     /// `None`: each pod downloads into its own filesystem.
     pub model_cache_host_path: Option<String>,
+    /// Given to model replicas as `SIESTA_CONTROL_TOKEN`, so that the gateway can park and
+    /// resume them where GPUs are shared (`siesta.dev/gpu-sharing`). The same Secret feeds the
+    /// gateway. Whoever can read the Deployment can read it; it grants parking that
+    /// namespace's replicas, which scaling the Deployment grants anyway.
+    pub control_token: Option<String>,
 }
 
 /// Where a node's model cache is mounted, and the default node directory.
@@ -61,6 +66,7 @@ impl Default for Settings {
             domain: "example.com".into(),
             api_group: crate::crd::SIESTA_GROUP.into(),
             model_cache_host_path: Some(MODEL_CACHE_DIR.into()),
+            control_token: None,
         }
     }
 }
@@ -252,6 +258,10 @@ fn model_storage(
     creds: &StorageCredentials,
 ) -> StorageCredentials {
     let mut out = creds.clone();
+    if let Some(token) = &s.control_token {
+        out.env
+            .push(json!({"name": siesta_http_server::replica_control::TOKEN_ENV, "value": token}));
+    }
     if let Some(path) = &s.model_cache_host_path {
         out.volumes.push(json!({"name": "siesta-model-cache",
             "hostPath": {"path": path, "type": "DirectoryOrCreate"}}));

@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub clock: Clock,
     /// Header read timeout and HTTP/2 limits of the gateway's port.
     pub connections: siesta_http_server::ConnectionLimits,
+    /// The replicas' control token (`SIESTA_CONTROL_TOKEN`): parking where GPUs are shared.
+    pub control_token: Option<String>,
 }
 
 /// One InferenceService being served.
@@ -189,8 +191,15 @@ impl Services {
             &isvc,
             Arc::new(self.backend.clone()),
             self.settings(),
-            |key, _| {
-                self.backend.register_in(ns, key);
+            |key, c| {
+                // Only a model replica (`siesta serve` with a model) can be parked.
+                let tiers = matches!(c.workload, manifest::Workload::Model(_)).then_some(
+                    siesta_lifecycle::backend::ReplicaTiers {
+                        policy: c.tiers,
+                        min_replicas: c.scaling.min_scale,
+                    },
+                );
+                self.backend.register_in(ns, key, tiers);
                 Ok::<_, manifest::ManifestError>(())
             },
         )?;
@@ -239,7 +248,8 @@ pub async fn run(
         cfg.namespace.as_deref().unwrap_or("default"),
         cfg.startup_deadline,
         cfg.clock.clone(),
-    );
+    )
+    .with_control_token(cfg.control_token.clone());
     let routes: Routes = Arc::default();
     let services = Arc::new(Services {
         backend: backend.clone(),

@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod desired;
 mod error;
 pub mod gateway;
+pub mod parking;
 
 pub use crd::{ComponentSpec, InferenceService, InferenceServiceSpec, InferenceServiceStatus};
 pub use error::ControllerError;

@@ -385,9 +385,15 @@ mod tests {
             "{:?}",
             parked.summary
         );
-        assert_eq!(parked.summary.wait_max_ms, 250, "the request after the park timeout");
+        assert_eq!(
+            parked.summary.wait_max_ms, 250,
+            "the request after the park timeout"
+        );
         let first = simulate(&s, cc, true, &trace[..1], Duration::from_millis(250), tiers);
-        assert_eq!(first.summary.wait_max_ms, 2, "the resume time, not the cold start");
+        assert_eq!(
+            first.summary.wait_max_ms, 2,
+            "the resume time, not the cold start"
+        );
         assert_eq!((exited.summary.cold_starts, exited.summary.resumes), (3, 0));
         // Same hot time (the autoscaler decides the same), parked time on top, no device memory.
         assert!(

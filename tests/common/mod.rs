@@ -26,6 +26,16 @@ impl Server {
 
     /// As [`Server::start`], with the log level and where the log goes.
     pub fn start_logging(args: &[&str], rust_log: &str, stderr: Stdio) -> Server {
+        Self::start_with(args, rust_log, stderr, &[])
+    }
+
+    /// As [`Server::start_logging`], with environment variables for the server.
+    pub fn start_with(
+        args: &[&str],
+        rust_log: &str,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Server {
         let device: &[&str] = if args.contains(&"--device") {
             &[]
         } else {
@@ -44,6 +54,7 @@ impl Server {
             .args(device)
             .args(args)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
