@@ -617,7 +617,7 @@ async fn park_round(
             .filter(|v| v.ready && !parked.contains_key(&v.name))
             .filter(|v| ready.iter().any(|e| e.replica == v.name))
             .collect();
-        hot.sort_by(|a, b| b.created.cmp(&a.created));
+        hot.sort_by_key(|v| std::cmp::Reverse(v.created));
         let starting = live
             .iter()
             .filter(|v| !v.ready && !parked.contains_key(&v.name))
