@@ -21,11 +21,12 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7} {:>7} {:>5}  REPLICAS",
+        "{:<32} {:>7} {:>5} {:>8} {:>6} {:>9} {:>5} {:>18} {:>4} {:>7} {:>7} {:>5}  REPLICAS",
         "COMPONENT",
         "DESIRED",
         "READY",
         "STARTING",
+        "PARKED",
         "IN-FLIGHT",
         "HELD",
         "TARGET",
@@ -57,11 +58,12 @@ pub fn print(gateway: SocketAddr, json: bool) -> Result<()> {
         }
         let a = &c.autoscaler;
         println!(
-            "{:<32} {:>7} {:>5} {:>8} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",
+            "{:<32} {:>7} {:>5} {:>8} {:>6} {:>9} {:>5} {:>18} {:>4} {:>7.2} {:>7.2} {:>5}  {}",
             c.component,
             c.desired,
             c.ready,
             c.starting,
+            c.parked,
             c.in_flight,
             c.waiting,
             format!("{:.2} {}", c.target, c.metric.as_str()),

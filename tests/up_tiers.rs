@@ -52,21 +52,35 @@ async fn predict(gateway: &str, service: &str, body: &std::path::Path) -> Answer
     }
 }
 
-/// `siesta_cold_start_seconds_count{component,kind}` from the gateway's metrics.
-async fn cold_starts(gateway: &str, component: &str, kind: &str) -> u64 {
-    let text = reqwest::get(format!("{gateway}/siesta/metrics"))
+/// The gateway's Prometheus text.
+async fn gateway_metrics(gateway: &str) -> String {
+    reqwest::get(format!("{gateway}/siesta/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
-        .find(|l| {
-            l.starts_with("siesta_cold_start_seconds_count{")
-                && l.contains(&format!("component=\"{component}\""))
-                && l.contains(&format!("kind=\"{kind}\""))
-        })
-        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .unwrap()
+}
+
+/// `siesta_cold_start_seconds_count{component,kind}`.
+fn cold_starts(metrics: &str, component: &str, kind: &str) -> f64 {
+    common::metric(
+        metrics,
+        &format!("siesta_cold_start_seconds_count{{component=\"{component}\",kind=\"{kind}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// `siesta up` with one service, its initial replica ready, and an MNIST request body.
+async fn one_service(annotations: &str) -> (Up, tempfile::TempDir, std::path::PathBuf) {
+    let up = Up::start(&service("m", annotations));
+    let dir = tempfile::tempdir().unwrap();
+    let body = common::mnist_body_file(dir.path());
+    up.wait_for("initial replica", Duration::from_secs(20), |s| {
+        s["ready"] == 1
+    })
+    .await;
+    (up, dir, body)
 }
 
 fn phase(phases: &str, name: &str) -> f64 {
@@ -80,13 +94,7 @@ fn phase(phases: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn scale_down_parks_a_request_at_zero_resumes_it_and_the_park_timeout_ends_it() {
-    let up = Up::start(&service("m", "siesta.dev/park-timeout: 6s"));
-    let dir = tempfile::tempdir().unwrap();
-    let body = common::mnist_body_file(dir.path());
-    up.wait_for("initial replica", Duration::from_secs(20), |s| {
-        s["ready"] == 1
-    })
-    .await;
+    let (up, _dir, body) = one_service("siesta.dev/park-timeout: 6s").await;
     // Scale to zero keeps the process, parked: no endpoint, no device memory.
     let s = up
         .wait_for("parked at zero", Duration::from_secs(20), |s| {
@@ -147,14 +155,9 @@ async fn scale_down_parks_a_request_at_zero_resumes_it_and_the_park_timeout_ends
         "request at zero, new process: held {:.2} ms ({phases})",
         b.held_ms
     );
-    assert_eq!(cold_starts(&up.gateway, "m-predictor", "resume").await, 1);
-    assert_eq!(cold_starts(&up.gateway, "m-predictor", "spawn").await, 1);
-    let metrics = reqwest::get(format!("{}/siesta/metrics", up.gateway))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway_metrics(&up.gateway).await;
+    assert_eq!(cold_starts(&metrics, "m-predictor", "resume"), 1.0);
+    assert_eq!(cold_starts(&metrics, "m-predictor", "spawn"), 1.0);
     assert!(
         metrics.contains("siesta_replica_tier{component=\"m-predictor\",tier=\"hot\"} 1"),
         "{metrics}"
@@ -164,13 +167,7 @@ async fn scale_down_parks_a_request_at_zero_resumes_it_and_the_park_timeout_ends
 
 #[tokio::test]
 async fn parked_replicas_zero_turns_parking_off() {
-    let up = Up::start(&service("m", "siesta.dev/parked-replicas: \"0\""));
-    let dir = tempfile::tempdir().unwrap();
-    let body = common::mnist_body_file(dir.path());
-    up.wait_for("initial replica", Duration::from_secs(20), |s| {
-        s["ready"] == 1
-    })
-    .await;
+    let (up, _dir, body) = one_service("siesta.dev/parked-replicas: \"0\"").await;
     let s = up
         .wait_for("zero", Duration::from_secs(20), |s| {
             s["ready"] == 0 && s["starting"] == 0

@@ -740,14 +740,7 @@ fn resume(inner: &Arc<Inner>, c: &Arc<Component>, id: &str) -> Result<(), String
 fn make_room(inner: &Arc<Inner>, ids: &[String]) {
     let components: Vec<Arc<Component>> = inner.components.lock().values().cloned().collect();
     for other in components {
-        let indices: Vec<usize> = other
-            .replicas
-            .lock()
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| ids.contains(&r.id))
-            .map(|(i, _)| i)
-            .collect();
+        let indices = indices_of(&other, ids);
         if !indices.is_empty() {
             tracing::info!(component = %other.key, replicas = ?ids, "parking for GPU memory");
             park(inner, &other, indices, true);
@@ -756,18 +749,20 @@ fn make_room(inner: &Arc<Inner>, ids: &[String]) {
 }
 
 fn stop_ids(c: &Component, ids: &[String]) {
-    if ids.is_empty() {
-        return;
+    if !ids.is_empty() {
+        stop(c, indices_of(c, ids).into_iter());
     }
-    let indices: Vec<usize> = c
-        .replicas
+}
+
+/// Where the replicas named `ids` are in `c`'s list.
+fn indices_of(c: &Component, ids: &[String]) -> Vec<usize> {
+    c.replicas
         .lock()
         .iter()
         .enumerate()
         .filter(|(_, r)| ids.contains(&r.id))
         .map(|(i, _)| i)
-        .collect();
-    stop(c, indices.into_iter());
+        .collect()
 }
 
 fn terminate(pid: Option<u32>) {
