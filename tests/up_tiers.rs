@@ -315,3 +315,54 @@ async fn scale_up_resumes_parked_replicas_before_starting_new_ones_losing_nothin
     );
     up.stop();
 }
+
+/// `siesta up` killed with SIGKILL cannot stop its replicas; they notice their parent is gone
+/// and exit by themselves, parked ones included.
+#[tokio::test]
+async fn replicas_exit_when_siesta_up_is_killed() {
+    let (mut up, _dir, _body) = one_service("").await;
+    let s = up
+        .wait_for("parked at zero", Duration::from_secs(20), |s| {
+            s["parked"] == 1
+        })
+        .await;
+    assert_eq!(s["ready"], 0);
+    let up_pid = up.child.id().to_string();
+    let children = |parent: &str| -> Vec<String> {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", parent])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let replicas = children(&up_pid);
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie waiting for whoever adopted it to reap it.
+    let running = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    while running(&replicas[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica {} still running 10 s after its parent was killed",
+            replicas[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -11,3 +11,7 @@ pub const TOKEN_HEADER: &str = "x-siesta-control-token";
 pub const REPORT_PATH: &str = "/siesta/replica";
 pub const PARK_PATH: &str = "/siesta/replica/park";
 pub const RESUME_PATH: &str = "/siesta/replica/resume";
+/// Set by the local backend to its own process id: a replica whose parent is no longer that
+/// process (`siesta up` was killed with SIGKILL and could not stop it) drains and exits instead
+/// of holding its memory forever.
+pub const PARENT_ENV: &str = "SIESTA_PARENT_PID";

@@ -966,6 +966,10 @@ fn start_replica(inner: &Arc<Inner>, c: &Arc<Component>, slot: usize) -> Result<
     cmd.env(
         siesta_http_server::replica_control::TOKEN_ENV,
         &inner.control_token,
+    )
+    .env(
+        siesta_http_server::replica_control::PARENT_ENV,
+        std::process::id().to_string(),
     );
     if let Some((g, _)) = gpu {
         // The replica sees only its GPU, as cuda:0 (`--device auto` picks it).
