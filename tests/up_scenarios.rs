@@ -424,12 +424,7 @@ async fn transformer_and_predictor_scale_separately_on_their_own_metric() {
         "predictor on concurrency: {predictor}"
     );
     // Both components saw the traffic: the transformer's calls came back through the gateway.
-    let metrics = reqwest::get(format!("{}/siesta/metrics", up.gateway))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = up.metrics().await;
     for component in [
         "torch-transformer-transformer",
         "torch-transformer-predictor",

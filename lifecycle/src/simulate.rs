@@ -274,6 +274,15 @@ mod tests {
     use super::*;
     use crate::manifest::{ClusterDefaults, parse};
 
+    /// One 10 ms request at `t_ms`.
+    fn request_at(t_ms: u64) -> TraceRequest {
+        TraceRequest {
+            t_ms,
+            duration_ms: 10,
+            component: None,
+        }
+    }
+
     fn exit_only() -> SimTiers {
         SimTiers {
             policy: TierPolicy {
@@ -329,11 +338,7 @@ mod tests {
     #[test]
     fn a_request_at_zero_waits_one_cold_start() {
         let (s, cc) = scaling("    minReplicas: 0\n");
-        let trace = [TraceRequest {
-            t_ms: 200_000,
-            duration_ms: 10,
-            component: None,
-        }];
+        let trace = [request_at(200_000)];
         let r = simulate(
             &s,
             cc,
@@ -352,18 +357,7 @@ mod tests {
     #[test]
     fn a_parked_replica_answers_a_request_at_zero_in_its_resume_time_and_holds_no_device_memory() {
         let (s, cc) = scaling("    minReplicas: 0\n");
-        let trace = [
-            TraceRequest {
-                t_ms: 200_000,
-                duration_ms: 10,
-                component: None,
-            },
-            TraceRequest {
-                t_ms: 900_000,
-                duration_ms: 10,
-                component: None,
-            },
-        ];
+        let trace = [request_at(200_000), request_at(900_000)];
         let tiers = SimTiers {
             policy: TierPolicy::default(),
             ..exit_only()

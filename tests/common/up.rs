@@ -89,6 +89,16 @@ impl Up {
             .unwrap()
     }
 
+    /// The gateway's Prometheus text (`/siesta/metrics`).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/siesta/metrics", self.gateway))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_for(
         &self,
         what: &str,

@@ -57,7 +57,7 @@ impl ColdStart {
         ] {
             let _ = write!(
                 out,
-                "{}{name}={:.1}",
+                "{}{name}={:.3}",
                 if out.is_empty() { "" } else { ";" },
                 ms(d)
             );
@@ -84,9 +84,9 @@ mod tests {
         assert_eq!(c.total(), ms(22));
         assert_eq!(
             c.phases_header(ms(30)),
-            "process=8.0;fetch=1.0;load=10.0;upload=0.0;warmup=3.0;queue=8.0"
+            "process=8.000;fetch=1.000;load=10.000;upload=0.000;warmup=3.000;queue=8.000"
         );
         // Held for less than the start took (it arrived while the replica was starting).
-        assert!(c.phases_header(ms(5)).ends_with("queue=0.0"));
+        assert!(c.phases_header(ms(5)).ends_with("queue=0.000"));
     }
 }

@@ -347,15 +347,12 @@ async fn supervise(inner: Arc<Inner>, c: Arc<Component>) {
             Some(t) if !*stopping.borrow() => (t.policy.parked_replicas, t.policy.park_timeout),
             _ => (0, Duration::ZERO),
         };
+        let parked = parked_seen(&c, generation);
+        // /proc/meminfo is read only when a parked replica could be let go for it.
+        let short = !parked.is_empty() && host_memory_short();
         stop_ids(
             &c,
-            &tiers::expire(
-                &parked_seen(&c, generation),
-                park_limit,
-                park_timeout,
-                host_memory_short(),
-                now,
-            ),
+            &tiers::expire(&parked, park_limit, park_timeout, short, now),
         );
         let (live, seen): (Vec<usize>, Vec<Seen>) = {
             let replicas = c.replicas.lock();
