@@ -88,6 +88,9 @@ GPU_STACK_PID=$!
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 PYTHON="$ROOT/.venv/bin/python" scripts/install-perf-analyzer.sh
+# Siesta's ONNX engine loads ONNX Runtime's library at run time: the test venv's wheel ships it.
+ORT_DYLIB_PATH="$(.venv/bin/python -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi"
+export ORT_DYLIB_PATH
 # Azurite, the Azure Blob emulator (npm), for tests/python/test_object_stores.py.
 [ -x "$ROOT/.tools/azurite/node_modules/.bin/azurite-blob" ] ||
   npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools/azurite" azurite@3.37.0 >/dev/null
@@ -155,9 +158,9 @@ cargo build -p siesta-kernels --features cuda --example gpu-check
 cp target/debug/bench-engine target/debug/bench-engine-cuda
 export PATH=$OLD_PATH
 
-stage "TorchScript engine and candle classifiers against PyTorch 2.11.0"
+stage "TorchScript engine, candle classifiers and the ONNX model zoo against PyTorch 2.11.0"
 (cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py \
-  test_torchserve_archive.py)
+  test_torchserve_archive.py test_model_zoo.py)
 
 stage "GPU check, dry run: the payload starts without a GPU, says so, and runs Siesta's engines on the CPU"
 GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" BENCH_ENGINE_BIN="$ROOT/target/debug/bench-engine-cuda" \

@@ -97,13 +97,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mo
             if let Some(variant) = arch.variant_of(&host) {
                 return Err(ModelError::File {
                     path: weights.path(),
-                    reason: format!(
-                        "a torchvision {variant} state dict, not {}: Siesta builds {} from state \
-                         dicts; export it to ONNX (torch.onnx.export) or TorchScript \
-                         (torch.jit.trace) and serve that file",
-                        arch.name(),
-                        Architecture::vision_names()
-                    ),
+                    reason: format!("{}, not {}", export_instead(&variant), arch.name()),
                 });
             }
             let classes = arch.classes(&host, &weights.path())?;
@@ -289,15 +283,17 @@ fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<Recognised>, ModelErr
         return Ok(None);
     };
     let weights = state_dict::load(&file)?;
-    let arch = vision::Arch::guess(weights.keys().map(String::as_str)).ok_or_else(|| {
-        ModelError::File {
-            path: file.clone(),
-            reason: format!(
+    let keys = || weights.keys().map(String::as_str);
+    let arch = vision::Arch::guess(keys()).ok_or_else(|| ModelError::File {
+        path: file.clone(),
+        reason: match vision::other_family(keys()) {
+            Some(family) => export_instead(family),
+            None => format!(
                 "no config.json, and the state dict is not one Siesta recognises ({}); add a \
                  config.json naming the architecture",
                 Architecture::vision_names()
             ),
-        }
+        },
     })?;
     let name = dir
         .file_name()
@@ -309,4 +305,13 @@ fn vision_config_for_bare_dir(dir: &Path) -> Result<Option<Recognised>, ModelErr
     });
     let config = ModelConfig::from_json(config.to_string().as_bytes(), &dir.join(CONFIG_FILE))?;
     Ok(Some((config, Some(weights))))
+}
+
+/// What a state dict of a torchvision family Siesta does not build gets told.
+fn export_instead(family: &str) -> String {
+    format!(
+        "a torchvision {family} state dict: Siesta builds {} from state dicts; export it to ONNX \
+         (torch.onnx.export) or TorchScript (torch.jit.trace) and serve that file",
+        Architecture::vision_names()
+    )
 }

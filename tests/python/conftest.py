@@ -18,6 +18,16 @@ import mnist_body as mnist_body_script  # noqa: E402
 
 SIESTA_BIN = os.environ.get("SIESTA_BIN", str(ROOT / "target" / "debug" / "siesta"))
 
+# Siesta's ONNX engine loads ONNX Runtime's library at run time: the one this venv's wheel
+# ships, which is also the oracle the tests compare with; from the torch venv, the test venv's.
+try:
+    import onnxruntime as _ort
+
+    os.environ.setdefault("ORT_DYLIB_PATH", str(pathlib.Path(_ort.__file__).parent / "capi"))
+except ImportError:
+    for _capi in sorted(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi")):
+        os.environ.setdefault("ORT_DYLIB_PATH", str(_capi))
+
 
 class Siesta:
     def __init__(self, *args):
@@ -95,3 +105,21 @@ def infer(server, model, name, x, outputs):
     with urllib.request.urlopen(req, timeout=120) as r:
         resp = json.loads(r.read())
     return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in resp["outputs"]}
+
+
+def infer_binary(server, model, name, x, output):
+    """One V2 inference of FP32 `x` with the binary tensor extension both ways."""
+    head = json.dumps({
+        "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": output, "parameters": {"binary_data": True}}],
+    }).encode()
+    req = urllib.request.Request(
+        f"http://{server.http}/v2/models/{model}/infer", data=head + x.astype("<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        body = r.read()
+        n = int(r.headers["Inference-Header-Content-Length"])
+    meta = json.loads(body[:n])
+    out = meta["outputs"][0]
+    return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])

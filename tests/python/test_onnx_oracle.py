@@ -1,13 +1,14 @@
-"""The ONNX engine against onnxruntime (CPU), the framework the graphs are written for, on
-fresh random inputs each run, through the real `siesta serve` (V2 binary tensors).
+"""The ONNX engine (ONNX Runtime loaded from ORT_DYLIB_PATH) against onnxruntime's Python API
+on fresh random inputs each run, through the real `siesta serve` (V2 binary tensors).
 
-Small graphs cover each operator Siesta rewrites for candle-onnx (TensorFlow-style 'same'
-average pooling, padded max pooling, GlobalAveragePool, opset-18 ReduceMean, NHWC Transpose,
-BatchNormalization); the flowers stand-in (Inception-v3-shaped, models/flowers/make_flowers.py)
+Small graphs cover the operators TensorFlow exports lean on ('same' average pooling, padded max
+pooling, GlobalAveragePool, opset-18 ReduceMean, NHWC Transpose, BatchNormalization); the
+flowers stand-in (Inception-v3-shaped, models/flowers/make_flowers.py)
 covers the whole graph, and goes through the image transformer with a JPEG too."""
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -18,26 +19,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, SIESTA_BIN, Siesta, assert_close
+from conftest import ROOT, SIESTA_BIN, Siesta, assert_close, infer_binary
 
 RNG = np.random.default_rng()  # fresh inputs every run
-
-
-def infer_binary(server, model, name, x, output):
-    head = json.dumps({
-        "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": output, "parameters": {"binary_data": True}}],
-    }).encode()
-    req = urllib.request.Request(
-        f"http://{server.http}/v2/models/{model}/infer", data=head + x.astype("<f4").tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(req, timeout=300) as r:
-        body = r.read()
-        n = int(r.headers["Inference-Header-Content-Length"])
-    meta = json.loads(body[:n])
-    out = meta["outputs"][0]
-    return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
 
 
 def write_model(dir, model, config):
@@ -118,11 +102,11 @@ def test_an_onnx_file_without_a_config_is_described_by_its_graph(tmp_path):
         server.stop()
 
 
-def test_an_unsupported_operator_is_a_load_error_naming_it(tmp_path):
+def test_an_unknown_operator_is_a_load_error_naming_it(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"])], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
     model.ir_version = 9
     write_model(tmp_path / "m", model, {"name": "m", "architecture": "onnx", "weights": "model.onnx",
                                         "max_batch_size": 4,
@@ -131,7 +115,34 @@ def test_an_unsupported_operator_is_a_load_error_naming_it(tmp_path):
     proc = subprocess.run([SIESTA_BIN, "serve", "--storage-uri", str(tmp_path / "m"), "--http-port", "0",
                            "--no-grpc", "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "Hardmax is not supported" in proc.stderr and "model.onnx" in proc.stderr, proc.stderr
+    assert "NoSuchOp" in proc.stderr and "model.onnx" in proc.stderr, proc.stderr
+
+
+def test_a_config_that_does_not_fit_the_graph_is_a_load_error(tmp_path):
+    model, config = small_graph("batchnorm")
+    config["inputs"][0]["shape"] = [9, 12, 4]
+    write_model(tmp_path / "m", model, config)
+    proc = subprocess.run([SIESTA_BIN, "serve", "--storage-uri", str(tmp_path / "m"), "--http-port", "0",
+                           "--no-grpc", "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "input 'x' has shape [-1, 9, 11, 4] in the graph" in proc.stderr, proc.stderr
+    config["inputs"][0].update(shape=[9, 11, 4], datatype="FP64")
+    write_model(tmp_path / "m", model, config)
+    proc = subprocess.run([SIESTA_BIN, "serve", "--storage-uri", str(tmp_path / "m"), "--http-port", "0",
+                           "--no-grpc", "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "input 'x' is FP32 in the graph, FP64 in the config" in proc.stderr, proc.stderr
+
+
+def test_without_onnx_runtime_the_load_error_says_how_to_get_it(tmp_path):
+    model, config = small_graph("batchnorm")
+    write_model(tmp_path / "m", model, config)
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DYLIB_PATH"}
+    proc = subprocess.run([SIESTA_BIN, "serve", "--storage-uri", str(tmp_path / "m"), "--http-port", "0",
+                           "--no-grpc", "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60,
+                          env={**env, "ORT_DYLIB_PATH": str(tmp_path / "nowhere")})
+    assert proc.returncode != 0
+    assert "pip install onnxruntime" in proc.stderr and "ORT_DYLIB_PATH" in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")

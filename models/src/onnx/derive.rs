@@ -1,79 +1,55 @@
 //! A `config.json` for an ONNX file that came without one (e.g. straight out of tf2onnx): the
-//! graph's own inputs and outputs, with a symbolic first dimension read as the batch.
+//! graph's own inputs and outputs as ONNX Runtime reads them, with a symbolic first dimension
+//! read as the batch.
 
 use std::path::Path;
 
-use candle_onnx::onnx::tensor_proto::DataType as OnnxType;
-use candle_onnx::onnx::tensor_shape_proto::dimension::Value as Dim;
-use candle_onnx::onnx::type_proto::Value as TypeValue;
-use candle_onnx::onnx::{ModelProto, ValueInfoProto};
+use ort::value::{Outlet, ValueType};
 
 use crate::config::{ModelConfig, TensorSpec};
-use crate::tensor::DataType;
+
+use super::values;
 
 /// Rows per batch when the graph's first dimension is symbolic.
 const DERIVED_MAX_BATCH: usize = 8;
 
+/// An outlet as a tensor spec (its full shape, batch included), and whether its first dimension
+/// is symbolic.
+pub fn spec(outlet: &Outlet) -> Result<(TensorSpec, bool), String> {
+    let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+        return Err(format!(
+            "'{}' is not a tensor (sequences and maps are not served)",
+            outlet.name()
+        ));
+    };
+    let datatype = values::datatype(*ty).ok_or_else(|| {
+        format!(
+            "'{}' has element type {ty:?}, which no protocol carries",
+            outlet.name()
+        )
+    })?;
+    let dims: Vec<i64> = shape.iter().map(|&d| if d > 0 { d } else { -1 }).collect();
+    let first_symbolic = dims.first() == Some(&-1);
+    Ok((
+        TensorSpec {
+            name: outlet.name().to_string(),
+            datatype,
+            shape: dims,
+        },
+        first_symbolic,
+    ))
+}
+
 pub fn config_from_graph(
     name: &str,
     file: &Path,
-    proto: &ModelProto,
+    inputs: &[Outlet],
+    outputs: &[Outlet],
 ) -> Result<ModelConfig, String> {
-    let graph = proto.graph.as_ref().ok_or("no graph in the model")?;
-    let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(&i.name.as_str()))
-        .collect();
-    let mut batched = true;
-    let spec = |v: &ValueInfoProto| -> Result<(TensorSpec, bool), String> {
-        let Some(TypeValue::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
-        else {
-            return Err(format!("'{}' is not a tensor", v.name));
-        };
-        let datatype = match OnnxType::try_from(t.elem_type) {
-            Ok(OnnxType::Float) => DataType::F32,
-            Ok(OnnxType::Double) => DataType::F64,
-            Ok(OnnxType::Float16) => DataType::F16,
-            Ok(OnnxType::Int64) => DataType::I64,
-            Ok(OnnxType::Uint8) => DataType::U8,
-            other => return Err(format!("'{}' has element type {other:?}", v.name)),
-        };
-        let dims: Vec<i64> = t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Dim::DimValue(n)) if n > 0 => n,
-                        _ => -1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let first_symbolic = dims.first() == Some(&-1);
-        Ok((
-            TensorSpec {
-                name: v.name.clone(),
-                datatype,
-                shape: dims,
-            },
-            first_symbolic,
-        ))
-    };
-    let mut ins = Vec::new();
-    for v in &inputs {
-        let (s, b) = spec(v)?;
-        batched &= b;
-        ins.push(s);
-    }
-    let mut outs = Vec::new();
-    for v in &graph.output {
-        outs.push(spec(v)?.0);
-    }
-    let strip = |mut s: TensorSpec| {
+    let ins = inputs.iter().map(spec).collect::<Result<Vec<_>, _>>()?;
+    let outs = outputs.iter().map(spec).collect::<Result<Vec<_>, _>>()?;
+    let batched = !ins.is_empty() && ins.iter().all(|(_, b)| *b);
+    let strip = |(mut s, _): (TensorSpec, bool)| {
         if batched && !s.shape.is_empty() {
             s.shape.remove(0);
         }

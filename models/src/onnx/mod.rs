@@ -1,104 +1,167 @@
-//! ONNX models through candle-onnx: the path for TensorFlow-derived models (tf2onnx exports)
-//! and anything else exported to ONNX. The graph is rewritten once at load ([`rewrite`]) so the
-//! operators those exports use run, and checked against the config's inputs and outputs.
-//! candle-onnx evaluates on the CPU.
+//! ONNX models through ONNX Runtime (`ort`, the library loaded at run time, see [`library`]): the
+//! engine for `modelFormat: onnx` and for TensorFlow models (SavedModels are converted to ONNX
+//! once, [`saved_model`]). CPU, or CUDA (TensorRT first where the library has it) on a GPU.
+//!
+//! Idle tiers: parking drops the session (its weights and, on a GPU, the provider's memory
+//! arena go back); the model file's bytes stay in host memory, so resuming builds the session
+//! again without touching storage.
 
 mod derive;
-mod rewrite;
+mod library;
 pub(crate) mod saved_model;
+mod values;
 
-use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor as CTensor};
-use candle_onnx::onnx::ModelProto;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, TensorSpec};
 use crate::device::DeviceSpec;
 use crate::error::ModelError;
 use crate::model::Model;
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::Tensor;
+
+pub use library::LIBRARY_ENV;
+
+/// Threads one CPU session computes with; unset, what the process may use (cgroup CPU limits
+/// included, so a pod's `resources.limits.cpu`).
+pub const THREADS_ENV: &str = "SIESTA_ONNX_THREADS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Cpu { threads: usize },
+    Cuda { ordinal: usize },
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Cpu { .. } => f.write_str("cpu"),
+            Placement::Cuda { ordinal } => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
 
 pub struct OnnxModel {
     config: ModelConfig,
-    /// The graph without its initializers...
-    proto: ModelProto,
-    /// ...which are converted to tensors once here and fed with every call: left in the graph,
-    /// candle-onnx converts each of them again on every evaluation (ResNet-50: 100 MB a call).
-    weights: HashMap<String, CTensor>,
+    file: PathBuf,
+    /// The model file, kept so that a parked model comes back without reading storage.
+    bytes: Vec<u8>,
+    placement: Placement,
+    session: Option<Session>,
+}
+
+fn cpu_threads() -> usize {
+    std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn build_session(bytes: &[u8], placement: Placement, file: &Path) -> Result<Session, ModelError> {
+    let env = library::environment(file)?;
+    let file_err = |e: String| ModelError::File {
+        path: file.to_path_buf(),
+        reason: e,
+    };
+    let mut builder = Session::builder(env)
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(Into::into)
+        })
+        .map_err(|e| file_err(e.to_string()))?;
+    builder = match placement {
+        Placement::Cpu { threads } => builder
+            .with_intra_threads(threads)
+            .and_then(|b| b.with_inter_threads(1))
+            .map_err(|e| file_err(e.to_string()))?,
+        Placement::Cuda { ordinal } => {
+            let mut providers = Vec::new();
+            if ep::TensorRT::is_available().unwrap_or(false) {
+                // TensorRT builds an engine per model on first use: cached, so a resumed or
+                // restarted replica does not build it again.
+                let cache = std::env::temp_dir().join("siesta-tensorrt");
+                providers.push(
+                    ep::TensorRT::default()
+                        .with_device_id(ordinal as i32)
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(cache.display())
+                        .build(),
+                );
+            }
+            providers.push(
+                ep::CUDA::default()
+                    .with_device_id(ordinal as i32)
+                    .build()
+                    .error_on_failure(),
+            );
+            builder.with_execution_providers(providers).map_err(|e| {
+                ModelError::Device(
+                    placement.to_string(),
+                    format!(
+                        "ONNX Runtime's CUDA provider: {e} (the CPU build of onnxruntime has none: \
+                         install onnxruntime-gpu and point {LIBRARY_ENV} at its capi/ folder)"
+                    ),
+                )
+            })?
+        }
+    };
+    builder
+        .commit_from_memory(bytes)
+        .map_err(|e| file_err(e.to_string()))
+}
+
+/// Where `device` puts an ONNX model: `auto` is the first GPU when the loaded library has the
+/// CUDA provider and it starts there, else the CPU.
+fn place(
+    device: DeviceSpec,
+    bytes: &[u8],
+    file: &Path,
+) -> Result<(Placement, Session), ModelError> {
+    let cpu = Placement::Cpu {
+        threads: cpu_threads(),
+    };
+    match device {
+        DeviceSpec::Cpu => Ok((cpu, build_session(bytes, cpu, file)?)),
+        DeviceSpec::Cuda(ordinal) => {
+            let at = Placement::Cuda { ordinal };
+            Ok((at, build_session(bytes, at, file)?))
+        }
+        DeviceSpec::Auto => {
+            library::environment(file)?;
+            if ep::CUDA::is_available().unwrap_or(false) {
+                let at = Placement::Cuda { ordinal: 0 };
+                match build_session(bytes, at, file) {
+                    Ok(session) => return Ok((at, session)),
+                    Err(e) => {
+                        tracing::info!(error = %e, "ONNX on the CPU: the CUDA provider did not start")
+                    }
+                }
+            }
+            Ok((cpu, build_session(bytes, cpu, file)?))
+        }
+    }
 }
 
 impl OnnxModel {
     pub fn load(config: ModelConfig, path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
-        let file_err = |reason: String| ModelError::File {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::File {
             path: path.to_path_buf(),
-            reason,
-        };
-        if matches!(device, DeviceSpec::Cuda(_)) {
-            return Err(ModelError::Device(
-                device.to_string(),
-                "the ONNX engine (candle-onnx) runs on the CPU only".into(),
-            ));
-        }
-        let mut proto = candle_onnx::read_file(path).map_err(|e| file_err(e.to_string()))?;
-        let graph = proto
-            .graph
-            .as_mut()
-            .ok_or_else(|| file_err("no graph in the model".into()))?;
-        rewrite::rewrite(graph).map_err(file_err)?;
-        let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let graph_inputs: Vec<&str> = graph
-            .input
-            .iter()
-            .map(|i| i.name.as_str())
-            .filter(|n| !initializers.contains(n))
-            .collect();
-        let graph_outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-        let cfg_err = |reason: String| ModelError::Config {
-            path: path.with_file_name(crate::config::CONFIG_FILE),
-            reason,
-        };
-        for spec in &config.inputs {
-            if !graph_inputs.contains(&spec.name.as_str()) {
-                return Err(cfg_err(format!(
-                    "input '{}' is not an input of {} (it has: {})",
-                    spec.name,
-                    path.display(),
-                    graph_inputs.join(", ")
-                )));
-            }
-        }
-        if graph_inputs.len() != config.inputs.len() {
-            return Err(cfg_err(format!(
-                "the graph takes {} inputs ({}); the config lists {}",
-                graph_inputs.len(),
-                graph_inputs.join(", "),
-                config.inputs.len()
-            )));
-        }
-        for spec in &config.outputs {
-            if !graph_outputs.contains(&spec.name.as_str()) {
-                return Err(cfg_err(format!(
-                    "output '{}' is not an output of {} (it has: {})",
-                    spec.name,
-                    path.display(),
-                    graph_outputs.join(", ")
-                )));
-            }
-        }
-        let graph = proto.graph.as_mut().expect("checked above");
-        let weights = std::mem::take(&mut graph.initializer)
-            .iter()
-            .map(|t| {
-                let tensor = candle_onnx::eval::get_tensor(t, &t.name)
-                    .map_err(|e| file_err(format!("initializer '{}': {e}", t.name)))?;
-                Ok((t.name.clone(), tensor))
-            })
-            .collect::<Result<_, ModelError>>()?;
+            reason: e.to_string(),
+        })?;
+        let (placement, session) = place(device, &bytes, path)?;
+        check_contract(&config, &session, path)?;
+        tracing::info!(model = %config.name, device = %placement, "ONNX model loaded");
         Ok(OnnxModel {
             config,
-            proto,
-            weights,
+            file: path.to_path_buf(),
+            bytes,
+            placement,
+            session: Some(session),
         })
     }
 
@@ -113,16 +176,26 @@ impl OnnxModel {
         } else {
             return Ok(None);
         };
-        let proto = candle_onnx::read_file(&file).map_err(|e| ModelError::File {
+        let file_err = |reason: String| ModelError::File {
             path: file.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let env = library::environment(&file)?;
+        // Only the graph's signature is read here: no optimisation, one thread.
+        let session = Session::builder(env)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::Disable)
+                    .map_err(Into::into)
+            })
+            .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&file))
+            .map_err(|e| file_err(e.to_string()))?;
         let name = dir
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        derive::config_from_graph(&name, &file, &proto)
+        derive::config_from_graph(&name, &file, session.inputs(), session.outputs())
             .map(Some)
-            .map_err(|reason| ModelError::File { path: file, reason })
+            .map_err(file_err)
     }
 
     /// The model file a directory's config names.
@@ -131,58 +204,69 @@ impl OnnxModel {
     }
 }
 
-fn to_candle(t: &Tensor) -> Result<CTensor, ModelError> {
-    let dtype = match t.datatype {
-        DataType::F32 => DType::F32,
-        DataType::F64 => DType::F64,
-        DataType::F16 => DType::F16,
-        DataType::I64 => DType::I64,
-        DataType::U8 => DType::U8,
-        DataType::U32 => DType::U32,
-        other => {
-            return Err(ModelError::Input(format!(
-                "input '{}': the ONNX engine does not take {other}",
-                t.name
-            )));
-        }
+/// The config's inputs and outputs against the graph's: names, count, datatypes, and the fixed
+/// dimensions, so that a mismatch is a load error naming the file, not an inference error.
+fn check_contract(config: &ModelConfig, session: &Session, path: &Path) -> Result<(), ModelError> {
+    let cfg_err = |reason: String| ModelError::Config {
+        path: path.with_file_name(crate::config::CONFIG_FILE),
+        reason,
     };
-    Ok(CTensor::from_raw_buffer(
-        &t.data,
-        dtype,
-        &t.shape,
-        &Device::Cpu,
-    )?)
-}
-
-fn from_candle(name: &str, want: DataType, t: &CTensor) -> Result<Tensor, ModelError> {
-    let shape = t.dims().to_vec();
-    let flat = t.flatten_all()?;
-    let bytes: Vec<u8> = match want {
-        DataType::F32 => flat
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::F64 => flat
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DataType::I64 => flat
-            .to_dtype(DType::I64)?
-            .to_vec1::<i64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        other => {
-            return Err(ModelError::Inference(format!(
-                "output '{name}': the ONNX engine does not produce {other}"
-            )));
+    let batched = config.max_batch_size > 0;
+    let check = |kind: &str, wanted: &[TensorSpec], graph: &[ort::value::Outlet]| {
+        let names: Vec<&str> = graph.iter().map(|o| o.name()).collect();
+        for spec in wanted {
+            let Some(outlet) = graph.iter().find(|o| o.name() == spec.name) else {
+                return Err(cfg_err(format!(
+                    "{kind} '{}' is not an {kind} of {} (it has: {})",
+                    spec.name,
+                    path.display(),
+                    names.join(", ")
+                )));
+            };
+            let (have, _) = derive::spec(outlet).map_err(&cfg_err)?;
+            if have.datatype != spec.datatype {
+                return Err(cfg_err(format!(
+                    "{kind} '{}' is {} in the graph, {} in the config",
+                    spec.name, have.datatype, spec.datatype
+                )));
+            }
+            let graph_dims = if batched && !have.shape.is_empty() {
+                &have.shape[1..]
+            } else {
+                &have.shape[..]
+            };
+            let fits = graph_dims.len() == spec.shape.len()
+                && graph_dims
+                    .iter()
+                    .zip(&spec.shape)
+                    .all(|(g, c)| *g < 0 || *c < 0 || g == c);
+            if !fits && !graph_dims.is_empty() {
+                return Err(cfg_err(format!(
+                    "{kind} '{}' has shape {:?} in the graph ({}), {:?} in the config",
+                    spec.name,
+                    have.shape,
+                    if batched {
+                        "first dimension = batch"
+                    } else {
+                        "no batch dimension"
+                    },
+                    spec.shape
+                )));
+            }
         }
+        Ok(())
     };
-    Ok(Tensor::new(name, want, shape, bytes)?)
+    check("input", &config.inputs, session.inputs())?;
+    if session.inputs().len() != config.inputs.len() {
+        let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+        return Err(cfg_err(format!(
+            "the graph takes {} inputs ({}); the config lists {}",
+            names.len(),
+            names.join(", "),
+            config.inputs.len()
+        )));
+    }
+    check("output", &config.outputs, session.outputs())
 }
 
 impl Model for OnnxModel {
@@ -191,36 +275,53 @@ impl Model for OnnxModel {
     }
 
     fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
-        let mut feed = self.weights.clone();
-        for (spec, t) in self.config.inputs.iter().zip(inputs) {
-            feed.insert(spec.name.clone(), to_candle(t)?);
+        if self.session.is_none() {
+            self.restore_device_memory()?;
         }
-        let mut results = candle_onnx::simple_eval(&self.proto, feed)?;
+        let session = self.session.as_mut().expect("restored above");
+        let feed = self
+            .config
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(spec, t)| Ok((spec.name.as_str(), values::to_ort(t)?)))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let outputs = session
+            .run(feed)
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
         self.config
             .outputs
             .iter()
             .map(|spec| {
-                let t = results.remove(&spec.name).ok_or_else(|| {
+                let value = outputs.get(&spec.name).ok_or_else(|| {
                     ModelError::Inference(format!("the graph produced no '{}'", spec.name))
                 })?;
-                from_candle(&spec.name, spec.datatype, &t)
+                values::from_ort(&spec.name, spec.datatype, value)
             })
             .collect()
     }
 
-    // candle-onnx keeps the weights in the graph on the host and evaluates on the CPU: there
-    // is no device copy to release.
-    fn release_device_memory(&mut self) {}
+    fn release_device_memory(&mut self) {
+        self.session = None;
+    }
 
     fn restore_device_memory(&mut self) -> Result<(), ModelError> {
+        if self.session.is_none() {
+            self.session = Some(build_session(&self.bytes, self.placement, &self.file)?);
+        }
         Ok(())
     }
 
+    /// The session's copy of the weights, which the file's size bounds from above.
     fn device_memory_bytes(&self) -> u64 {
-        0
+        if self.session.is_some() {
+            self.bytes.len() as u64
+        } else {
+            0
+        }
     }
 
     fn device_name(&self) -> String {
-        "cpu".into()
+        self.placement.to_string()
     }
 }

@@ -5,6 +5,7 @@
 //! preprocessing come from torchvision's defaults for that architecture.
 
 mod cpu_conv;
+mod families;
 mod inception_v3;
 mod layers;
 mod mobilenet_v2;
@@ -23,6 +24,7 @@ use crate::model::Model;
 use crate::resident::{ResidentWeights, device_name};
 use crate::tensor::{DataType, Tensor};
 
+pub use families::other_family;
 pub use resnet::Depth;
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
