@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Writes a V2 (default) or V1 JSON request for the shipped MNIST model from held-out digit N of
-models/data/digits.csv.gz, upscaled exactly as siesta_models::mnist::digit_to_mnist does.
-Standard library only.  Usage: mnist_body.py [--v1] [N] > body.json"""
+models/data/digits.csv.gz, upscaled exactly as siesta_models::mnist::digit_to_mnist does; with
+--image-bytes, the KServe walkthrough's input.json shape for the flowers stand-in
+(models/flowers-standin): {"instances": [{"image_bytes": {"b64": PNG}, "key": "1"}]}.
+Standard library only.  Usage: mnist_body.py [--v1 | --image-bytes] [N] > body.json"""
+import base64
 import gzip
 import json
 import math
 import pathlib
+import struct
 import sys
+import zlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,11 +47,24 @@ def upscale(px):
     return img
 
 
+def png_grey(pixels, width, height):
+    """An 8-bit greyscale PNG of `pixels` (values in [0, 1], rounded to 0..255)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\0" + bytes(round(v * 255) for v in pixels[r * width:(r + 1) * width])
+                    for r in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def main():
-    args = [a for a in sys.argv[1:] if a != "--v1"]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     px, label = held_out(int(args[0]) if args else 0)
     img = upscale(px)
-    if "--v1" in sys.argv:
+    if "--image-bytes" in sys.argv:
+        b64 = base64.b64encode(png_grey(img, 28, 28)).decode()
+        body = {"instances": [{"image_bytes": {"b64": b64}, "key": "1"}]}
+    elif "--v1" in sys.argv:
         body = {"instances": [[[img[r * 28:(r + 1) * 28] for r in range(28)]]]}
     else:
         body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": img}]}

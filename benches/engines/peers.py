@@ -48,7 +48,7 @@ def main():
 
     torch.set_num_threads(threads)
     state = load_file(f"{dir}/model.safetensors")
-    classes = state["fc.weight"].shape[0]
+    classes = next(state[k].shape[0] for k in ("fc.bias", "heads.head.bias") if k in state)
     kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
     net = getattr(torchvision.models, arch)(weights=None, num_classes=classes, **kwargs).eval()
     net.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits.")})

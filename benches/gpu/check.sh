@@ -19,6 +19,7 @@
 #  4. Idle tiers of that model (fp16, each engine, and candle f32): device memory hot and parked
 #     (engine count and NVML), parked -> first answer; process start -> first answer (split: load
 #     incl. CUDA init, first forward); GPU 0's used memory before the process and after its exit.
+#  5. The ONNX engine (ONNX Runtime) on the machine's onnxruntime: CUDA provider where it has one.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN_DIR="$ROOT/benches/gpu/bin"
@@ -84,7 +85,8 @@ else
 fi
 : >"$OUT/siesta.jsonl"
 if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
-  "$PY" "$ROOT/models/vision/make_vision.py" --arch "$ARCH" --out "$OUT/$ARCH" --format pth --torchscript >/dev/null
+  "$PY" "$ROOT/models/vision/make_vision.py" --arch "$ARCH" --out "$OUT/$ARCH" --format pth --torchscript --onnx \
+    >/dev/null 2>&1
   # One model, engine and precision at every batch size; a failure is recorded (with its error's
   # tail) as skipped and ends that series.
   series() { # DIR ENGINE PRECISION
@@ -136,6 +138,30 @@ PYCFG
   timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" candle 1 3 1 --device "$DEVICE" --idle-tiers >>"$OUT/siesta.jsonl"
   after=$(gpu_used)
   echo "{\"exited\": {\"gpu0_used_mib_before\": $before, \"gpu0_used_mib_after_exit\": $after}}" >>"$OUT/siesta.jsonl"
+  # 5. Siesta's ONNX engine (ONNX Runtime, loaded at run time) with this machine's onnxruntime:
+  # on the GPU through the CUDA provider where that build has one (idle tiers measured by NVML
+  # too), else on the CPU, which still shows that the engine loads this version, with the
+  # reason recorded. onnxruntime-gpu's wheel (~280 MB) cannot travel in a 64 MiB payload.
+  ort_info=$("$PY" -c 'import json, os, onnxruntime as o; print(json.dumps({"version": o.__version__,
+"providers": o.get_available_providers(), "capi": os.path.join(os.path.dirname(o.__file__), "capi")}))' 2>/dev/null ||
+    echo '{"version": null, "providers": [], "capi": null}')
+  ort_capi=$(echo "$ort_info" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["capi"] or "")')
+  export ORT_DYLIB_PATH=${ort_capi:-${ORT_DYLIB_PATH:-}}
+  if [ "$DRY" = 0 ] && echo "$ort_info" | grep -q CUDAExecutionProvider; then
+    ort_device=$DEVICE ort_batches=$BATCHES why=null
+  elif [ "$DRY" = 1 ]; then
+    ort_device=cpu ort_batches=1 why='"no GPU (dry run)"'
+  else
+    ort_device=cpu ort_batches=1
+    why='"this onnxruntime has no CUDA provider (the CPU build); onnxruntime-gpu is needed, and its wheel is over the payload limit"'
+  fi
+  echo "{\"onnxruntime\": $ort_info, \"library\": \"${ORT_DYLIB_PATH:-}\", \"device\": \"$ort_device\", \"why_not_cuda\": $why}" \
+    >>"$OUT/siesta.jsonl"
+  DEVICE=$ort_device BATCHES=$ort_batches series "$OUT/$ARCH" onnx f32
+  if [ "$ort_device" != cpu ]; then
+    RUST_BACKTRACE=0 timeout 120 "$ENGINE_BIN" "$OUT/$ARCH" onnx 1 3 1 --device "$ort_device" --idle-tiers \
+      >>"$OUT/siesta.jsonl" 2>>"$OUT/bench-engine.err" || true
+  fi
 else
   echo "$PY has no torch + torchvision: Siesta's ResNet-50 skipped" | tee "$OUT/siesta-skipped.txt"
 fi

@@ -36,7 +36,7 @@ for r in lines:
         "input": r.get("input", "FP32"), "images_per_s": ips, "median_ms": r["median_ms"],
         # Same precision, same batch, same GPU: > 1 means Siesta is faster. Siesta's time includes
         # the upload of the f32 input and the download of the logits; PyTorch's input is on the GPU.
-        "vs_pytorch_same_precision": ips / same[r["batch"]] if r["batch"] in same else None,
+        "vs_pytorch_same_precision": ips / same[r["batch"]] if r["batch"] in same and r["device"] != "cpu" else None,
     })
 # The pixel path's logits on the GPU against the CPU reference kernel's, same pixels, batch 1, f32.
 pixels_gpu = next((r for r in lines if r.get("input") == "UINT8" and r.get("batch") == 1
@@ -52,6 +52,8 @@ cold = [r for r in lines if "cold_start" in r]
 idle = [{"engine": r["engine"], "precision": r.get("precision"), **r["idle_tiers"]}
         for r in lines if "idle_tiers" in r]
 exited = next((r["exited"] for r in lines if "exited" in r), None)
+onnxruntime = next(({k: r[k] for k in ("onnxruntime", "library", "device", "why_not_cuda")}
+                    for r in lines if "onnxruntime" in r), None)
 summary = {
     "date": kernels.get("date"),
     "dry_run": kernels.get("dry_run"),
@@ -71,6 +73,7 @@ summary = {
     },
     "idle_tiers": idle,
     "exited": exited,
+    "onnxruntime": onnxruntime,
     "not_measured_yet": kernels.get("not_measured_yet"),
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -92,3 +95,5 @@ print("cold start:", json.dumps(summary["cold_start"]))
 print("idle tiers:", json.dumps(idle))
 if exited:
     print("exited:", json.dumps(exited))
+if onnxruntime:
+    print("onnxruntime:", json.dumps(onnxruntime))

@@ -73,6 +73,10 @@ pub struct ModelConfig {
     /// (the image transformer reads it from the model's V2 metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImagePreprocessing>,
+    /// Serve TensorFlow Serving's encoded-image signature in front of the network: pictures in
+    /// as PNG/JPEG bytes (+ a key), prediction and scores out (`encoded_images.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_images: Option<crate::encoded_images::EncodedImages>,
     /// Free-form facts about the model (e.g. held-out accuracy), shown in metadata.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub info: serde_json::Map<String, serde_json::Value>,

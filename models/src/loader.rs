@@ -10,6 +10,7 @@ use crate::architecture::Architecture;
 use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::device::DeviceSpec;
 use crate::embedded;
+use crate::encoded_images::EncodedImageModel;
 use crate::engine::{self, Engine};
 use crate::error::ModelError;
 use crate::identity::IdentityModel;
@@ -45,6 +46,15 @@ pub struct LoadOptions {
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
+    let network = load_network(source, opts)?;
+    match network.config().encoded_images.clone() {
+        Some(signature) => Ok(Box::new(EncodedImageModel::wrap(network, signature)?)),
+        None => Ok(network),
+    }
+}
+
+/// The model as its engine runs it, before any signature is put in front.
+fn load_network(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
     let unpacked;
     let source = match source {
         ModelSource::Dir(dir) => match mar::find_archive(dir, opts.name.as_deref())? {

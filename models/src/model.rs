@@ -23,4 +23,26 @@ pub trait Model: Send {
 
     /// Name of the compute device (`cpu`, `cuda:0`).
     fn device_name(&self) -> String;
+
+    /// One inference on zeros, so the first real request does not pay for lazy initialisation
+    /// and readiness means the model really runs.
+    fn warm_up(&mut self) -> Result<(), ModelError> {
+        let cfg = self.config().clone();
+        let inputs: Vec<Tensor> = cfg
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> = cfg
+                    .published_shape(spec)
+                    .iter()
+                    .map(|&d| if d < 0 { 1 } else { d as usize })
+                    .collect();
+                let n: usize = shape.iter().product();
+                let bytes = n * spec.datatype.element_size().unwrap_or(4);
+                Tensor::new(&spec.name, spec.datatype, shape, vec![0; bytes])
+            })
+            .collect::<Result<_, _>>()?;
+        self.forward(&inputs)?;
+        Ok(())
+    }
 }

@@ -9,7 +9,8 @@ parameters are randomised too, so the folded batch norm is really exercised.
 Writes DIR/model.safetensors (or model.pth, a `torch.save(state_dict)`), and unless --bare a
 config.json naming only the architecture and the weights (Siesta fills in the rest); --labels
 writes TorchServe's index_to_name.json; --torchscript also writes model.pt (traced) and
---onnx model.onnx (torch.onnx.export), for the benchmark's other engines.
+--onnx model.onnx (torch.onnx.export), for the benchmark's other engines. vit_b_16 (for the
+benchmark) is served from its ONNX export: its config.json names that.
 
 Needs torch and torchvision (and safetensors; onnx for --onnx)."""
 import argparse
@@ -20,6 +21,9 @@ import torch
 import torchvision
 
 SIDES = {"inception_v3": 299}
+# What the candle engine builds from a state dict; others (vit_b_16, for the benchmark) get a
+# config.json for their ONNX export.
+CANDLE = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "inception_v3"]
 
 
 def side(arch):
@@ -43,6 +47,9 @@ def build(arch, classes, seed):
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
+        for p in net.parameters():
+            if p.abs().max() == 0:  # zero-initialised layers (ViT's head) would hide the rest
+                p.normal_(0.0, 0.05)
     return net
 
 
@@ -58,8 +65,15 @@ def write(net, arch, out, fmt="safetensors", bare=False, labels=None, torchscrip
 
         weights = "model.safetensors"
         save_file(state, str(out / weights))
-    if not bare:
+    if not bare and arch in CANDLE:
         (out / "config.json").write_text(json.dumps({"name": out.name, "architecture": arch, "weights": weights}))
+    elif not bare:
+        # An architecture Siesta does not build from a state dict: its ONNX export is the model.
+        classes = net.heads.head.bias.shape[0]
+        (out / "config.json").write_text(json.dumps({
+            "name": out.name, "architecture": "onnx", "weights": "model.onnx", "max_batch_size": 8,
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [3, side(arch), side(arch)]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [classes]}]}))
     if labels:
         (out / "index_to_name.json").write_text(json.dumps({str(i): l for i, l in enumerate(labels)}))
     example = torch.zeros(1, 3, side(arch), side(arch))
@@ -75,8 +89,7 @@ def write(net, arch, out, fmt="safetensors", bare=False, labels=None, torchscrip
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--arch", required=True, choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                                                     "mobilenet_v2", "inception_v3"])
+    p.add_argument("--arch", required=True, choices=CANDLE + ["vit_b_16"])
     p.add_argument("--out", required=True)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use siesta_models::storage::{self, StorageOptions};
-use siesta_models::{DeviceSpec, LoadOptions, Model, ModelError, ModelSource, Tensor};
+use siesta_models::{DeviceSpec, LoadOptions, Model, ModelSource};
 
 use crate::error::{Result, ServeError};
 use crate::handle::ModelHandle;
@@ -370,7 +370,7 @@ fn load_and_warm_up(
     let mut model = siesta_models::load_model(&source, &load_opts)?;
     let loaded = started.elapsed();
     drop(resolved);
-    warm_up(model.as_mut())?;
+    model.warm_up()?;
     crate::metrics::load_phases(name, loaded, started.elapsed() - loaded);
     tracing::info!(
         model = name,
@@ -386,28 +386,6 @@ fn load_and_warm_up(
             warm_up: started.elapsed() - loaded,
         },
     ))
-}
-
-/// One inference on zeros, so the first real request does not pay for lazy initialisation and
-/// readiness means the model really runs.
-fn warm_up(model: &mut dyn Model) -> Result<(), ModelError> {
-    let cfg = model.config().clone();
-    let inputs: Vec<Tensor> = cfg
-        .inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<usize> = cfg
-                .published_shape(spec)
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d as usize })
-                .collect();
-            let n: usize = shape.iter().product();
-            let bytes = n * spec.datatype.element_size().unwrap_or(4);
-            Tensor::new(&spec.name, spec.datatype, shape, vec![0; bytes])
-        })
-        .collect::<Result<_, _>>()?;
-    model.forward(&inputs)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -30,12 +30,12 @@ except ImportError:
 
 
 class Siesta:
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.proc = subprocess.Popen(
             [SIESTA_BIN, "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--device", "cpu", *args],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "RUST_LOG": "warn"},
+            env={**os.environ, "RUST_LOG": "warn", **(env or {})},
         )
         line = self.proc.stdout.readline()
         fields = dict(w.split("=", 1) for w in line.split() if "=" in w)

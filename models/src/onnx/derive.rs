@@ -66,6 +66,7 @@ pub fn config_from_graph(
         outputs: outs.into_iter().map(strip).collect(),
         labels: Vec::new(),
         image: None,
+        encoded_images: None,
         info: serde_json::Map::from_iter([(
             "config".to_string(),
             serde_json::Value::from("derived from the ONNX graph"),

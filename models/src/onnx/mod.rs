@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 use crate::config::{ModelConfig, TensorSpec};
 use crate::device::DeviceSpec;
@@ -62,23 +62,26 @@ fn cpu_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// A session option set, or why not (ort hands the builder back inside its error).
+fn option(
+    set: Result<SessionBuilder, ort::Error<SessionBuilder>>,
+) -> Result<SessionBuilder, String> {
+    set.map_err(|e| e.to_string())
+}
+
 fn build_session(bytes: &[u8], placement: Placement, file: &Path) -> Result<Session, ModelError> {
     let env = library::environment(file)?;
     let file_err = |e: String| ModelError::File {
         path: file.to_path_buf(),
         reason: e,
     };
-    let mut builder = Session::builder(env)
-        .and_then(|b| {
-            b.with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(Into::into)
-        })
-        .map_err(|e| file_err(e.to_string()))?;
+    let builder = Session::builder(env).map_err(|e| file_err(e.to_string()))?;
+    let mut builder =
+        option(builder.with_optimization_level(GraphOptimizationLevel::All)).map_err(file_err)?;
     builder = match placement {
-        Placement::Cpu { threads } => builder
-            .with_intra_threads(threads)
-            .and_then(|b| b.with_inter_threads(1))
-            .map_err(|e| file_err(e.to_string()))?,
+        Placement::Cpu { threads } => option(builder.with_intra_threads(threads))
+            .and_then(|b| option(b.with_inter_threads(1)))
+            .map_err(file_err)?,
         Placement::Cuda { ordinal } => {
             let mut providers = Vec::new();
             if ep::TensorRT::is_available().unwrap_or(false) {
@@ -182,14 +185,11 @@ impl OnnxModel {
         };
         let env = library::environment(&file)?;
         // Only the graph's signature is read here: no optimisation, one thread.
-        let session = Session::builder(env)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::Disable)
-                    .map_err(Into::into)
-            })
-            .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(&file))
-            .map_err(|e| file_err(e.to_string()))?;
+        let builder = Session::builder(env).map_err(|e| file_err(e.to_string()))?;
+        let session = option(builder.with_optimization_level(GraphOptimizationLevel::Disable))
+            .and_then(|b| option(b.with_intra_threads(1)))
+            .and_then(|mut b| b.commit_from_file(&file).map_err(|e| e.to_string()))
+            .map_err(file_err)?;
         let name = dir
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());

@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use siesta_kernels::{ImageU8, softmax_in_place, top_k};
 use siesta_models::ScoreKind;
 
-use super::instances::{self, DecodeError, ImageLimits, Instance};
+use siesta_models::image_decode::{DecodeError, decode};
+
+use super::instances::{ImageLimits, Instance};
 use super::predictor::PredictorSpec;
 use crate::error::ServeError;
 
@@ -28,7 +30,7 @@ pub fn preprocess(
         let i = first + i;
         let bad = |m: String| ServeError::InvalidInput(format!("instance {i}: {m}"));
         let (pixels, h, w) =
-            instances::decode(&inst.bytes, channels, limits.max_pixels).map_err(|e| match e {
+            decode(&inst.bytes, channels, limits.max_pixels).map_err(|e| match e {
                 DecodeError::Invalid(m) => bad(m),
                 DecodeError::TooManyPixels { width, height } => ServeError::LimitExceeded {
                     what: format!(

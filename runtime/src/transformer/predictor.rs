@@ -62,20 +62,8 @@ impl PredictorSpec {
                 ));
             }
         };
-        let (layout, c, h, w) = if matches!(dims[0], 1 | 3) {
-            (Layout::Nchw, dims[0], dims[1], dims[2])
-        } else if matches!(dims[2], 1 | 3) {
-            (Layout::Nhwc, dims[2], dims[0], dims[1])
-        } else {
-            return Err(format!(
-                "input '{name}' has shape {shape:?}: no channel dimension of 1 or 3"
-            ));
-        };
-        if h <= 0 || w <= 0 {
-            return Err(format!(
-                "input '{name}' must have a fixed height and width, not {shape:?}"
-            ));
-        }
+        let (layout, c, h, w) = siesta_models::encoded_images::image_input_layout(dims)
+            .map_err(|e| format!("input '{name}' has {e}"))?;
         let image: ImagePreprocessing = serde_json::from_value(params["image"].clone()).map_err(|_| {
             "the predictor's metadata has no `parameters.image` (resize, mean, std, scores output); \
              add an \"image\" block to its config.json"
@@ -89,8 +77,8 @@ impl PredictorSpec {
         }
         let transform = ImageTransform {
             resize_shorter: image.resize_shorter,
-            crop_height: h as u32,
-            crop_width: w as u32,
+            crop_height: h,
+            crop_width: w,
             mean: image.mean,
             std: image.std,
         };
