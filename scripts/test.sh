@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with Rust: installs what the tests need
-# (protoc, hey, Python venvs with tritonclient, KServe's SDK, pytest, onnxruntime and kubectl;
+# (protoc, hey, Python venvs with tritonclient, KServe's SDK, pytest, onnxruntime and kubectl; TensorFlow;
 # CUDA 13.0.2's nvcc; torch 2.11.0 + torchvision; perf_analyzer), checks formatting and lints,
 # then runs the Rust tests, the Python clients against the binary, the Kubernetes manifests, and
 # the PyTorch oracles.
@@ -80,9 +80,18 @@ install_torch() {
   [ -f "$(echo "$TORCH_VENV"/lib/python3*/site-packages/nvidia/cu13/include/crt/host_config.h)" ] ||
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-crt==13.0.88"
 }
+# TensorFlow (CPU) and tf2onnx for the Keras SavedModels and the walkthrough's image signature
+# (tests/python/test_keras_zoo.py): about 600 MB.
+TF_VENV=${TF_VENV:-$ROOT/.venv-tf}
+install_tf() {
+  [ -x "$TF_VENV/bin/python" ] || python3 -m venv "$TF_VENV"
+  "$TF_VENV/bin/python" -c "import tensorflow, tf2onnx, onnx, PIL, pytest" 2>/dev/null ||
+    "$TF_VENV/bin/pip" install -q --disable-pip-version-check "tensorflow-cpu==2.21.0" "tf2onnx==1.17.0" \
+      "onnx==1.23.2" numpy pillow pytest
+}
 # At the lowest priority (the subshell renices itself; pip inherits it): unpacking and
 # byte-compiling 2.7 GB takes CPU the compiler needs more.
-(renice -n 19 "$BASHPID" >/dev/null; install_cuda && install_torch) >target/install-gpu-stack.log 2>&1 &
+(renice -n 19 "$BASHPID" >/dev/null; install_cuda && install_torch && install_tf) >target/install-gpu-stack.log 2>&1 &
 GPU_STACK_PID=$!
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -120,10 +129,10 @@ export SIESTA_BIN="$ROOT/target/debug/siesta"
 )
 PATH="$PATH:$ROOT/.venv/bin" "$ROOT/.venv/bin/python" scripts/validate_deploy.py
 
-stage "wait for the torch and nvcc downloads"
+stage "wait for the torch, TensorFlow and nvcc downloads"
 if ! wait "$GPU_STACK_PID"; then
   cat target/install-gpu-stack.log >&2
-  echo "installing CUDA's nvcc or torch failed (log above)" >&2
+  echo "installing CUDA's nvcc, torch or TensorFlow failed (log above)" >&2
   exit 1
 fi
 
@@ -161,6 +170,9 @@ export PATH=$OLD_PATH
 stage "TorchScript engine, candle classifiers and the ONNX model zoo against PyTorch 2.11.0"
 (cd tests/python && "$TORCH_VENV/bin/python" -m pytest -q test_torchscript_oracle.py test_vision_oracle.py \
   test_torchserve_archive.py test_model_zoo.py)
+
+stage "Keras applications as SavedModels and the walkthrough's image signature against TensorFlow 2.21"
+(cd tests/python && "$TF_VENV/bin/python" -m pytest -q test_keras_zoo.py)
 
 stage "GPU check, dry run: the payload starts without a GPU, says so, and runs Siesta's engines on the CPU"
 GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" BENCH_ENGINE_BIN="$ROOT/target/debug/bench-engine-cuda" \

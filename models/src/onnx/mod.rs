@@ -18,7 +18,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
-use crate::config::{ModelConfig, TensorSpec};
+use crate::config::{CONFIG_FILE, ModelConfig, TensorSpec};
 use crate::device::DeviceSpec;
 use crate::error::ModelError;
 use crate::model::Model;
@@ -193,6 +193,19 @@ impl OnnxModel {
         let name = dir
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        // A converted SavedModel whose signature takes encoded pictures carries its config.
+        let carried = session
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom(saved_model::CONFIG_KEY));
+        if let Some(json) = carried {
+            let mut config =
+                ModelConfig::from_json(json.as_bytes(), &file.with_file_name(CONFIG_FILE))?;
+            config.name = name;
+            // The converter wrote the file under a temporary name.
+            config.weights = file.file_name().map(|f| f.to_string_lossy().into_owned());
+            return Ok(Some(config));
+        }
         derive::config_from_graph(&name, &file, session.inputs(), session.outputs())
             .map(Some)
             .map_err(file_err)
