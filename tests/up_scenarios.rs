@@ -1131,3 +1131,63 @@ spec:
     assert_eq!(r.status(), 200);
     up.stop();
 }
+
+#[tokio::test]
+async fn the_walkthrough_request_is_answered_by_the_shipped_flowers_stand_in() {
+    // Scenario 1's manifest as shipped, its gs:// flowers URI mirrored to the stand-in (the MNIST
+    // CNN behind TF Serving's encoded-image signature), and the walkthrough's input.json shape
+    // unchanged: PNGs of held-out digits, each with a key.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest =
+        std::fs::read_to_string(format!("{root}/deploy/examples/autoscale.yaml")).unwrap();
+    let mirror = format!(
+        "gs://kfserving-examples/models/tensorflow/flowers=file://{root}/models/flowers-standin"
+    );
+    let up = Up::start_with(&manifest, &["--storage-mirror", &mirror]);
+    let digits: Vec<(Vec<f32>, u8)> = common::held_out_digits().into_iter().take(8).collect();
+    let instances: Vec<Value> = digits
+        .iter()
+        .enumerate()
+        .map(|(i, (img, _))| {
+            let b64 = common::grey_image_b64(&common::to_pixels(img), 28, image::ImageFormat::Png);
+            serde_json::json!({"image_bytes": {"b64": b64}, "key": format!("{i}")})
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/models/flowers-sample:predict", up.gateway);
+    let resp = client
+        .post(&url)
+        .header("host", "flowers-sample.default.example.com")
+        .json(&serde_json::json!({ "instances": instances }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let predictions = body["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), digits.len());
+    let mut right = 0;
+    for (i, (p, (_, label))) in predictions.iter().zip(&digits).enumerate() {
+        assert_eq!(p["key"], format!("{i}"), "{p}");
+        let scores: Vec<f64> = serde_json::from_value(p["scores"].clone()).unwrap();
+        assert_eq!(scores.len(), 10);
+        assert!((scores.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{p}");
+        right += usize::from(p["prediction"] == u64::from(*label));
+    }
+    // 99.7 % held out: a miss among eight would be a decoding fault, not the model.
+    assert_eq!(right, digits.len(), "{body}");
+    // A picture that is not one: 400 with the instance named, as JSON.
+    let resp = client
+        .post(&url)
+        .json(&serde_json::json!({"instances": [{"image_bytes": {"b64": "aGVsbG8="}, "key": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("image_bytes 0"),
+        "{err}"
+    );
+    up.stop();
+}

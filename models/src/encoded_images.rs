@@ -279,3 +279,129 @@ impl Model for EncodedImageModel {
         self.network.warm_up()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::loader::{LoadOptions, ModelSource, load_model};
+    use crate::tensor::{DataType, Tensor};
+
+    fn stand_in() -> Box<dyn crate::Model> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("flowers-standin");
+        load_model(&ModelSource::Dir(dir), &LoadOptions::default()).unwrap()
+    }
+
+    fn bytes_tensor(name: &str, elements: &[&[u8]]) -> Tensor {
+        let mut data = Vec::new();
+        for e in elements {
+            data.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            data.extend_from_slice(e);
+        }
+        Tensor::new(name, DataType::Bytes, vec![elements.len()], data).unwrap()
+    }
+
+    fn png(pixels: &[u8], width: u32, height: u32) -> Vec<u8> {
+        let img = image::GrayImage::from_raw(width, height, pixels.to_vec()).unwrap();
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// PNG's chunk checksum (CRC-32, IEEE).
+    fn crc32(bytes: &[u8]) -> u32 {
+        !bytes.iter().fold(!0u32, |crc, b| {
+            (0..8).fold(crc ^ u32::from(*b), |c, _| {
+                if c & 1 == 1 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                }
+            })
+        })
+    }
+
+    #[test]
+    fn the_flowers_stand_in_is_the_shipped_mnist_model() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            std::fs::read(root.join("flowers-standin/model.safetensors")).unwrap()
+                == std::fs::read(root.join("mnist/model.safetensors")).unwrap(),
+            "retrained MNIST weights: copy them to models/flowers-standin too"
+        );
+    }
+
+    #[test]
+    fn pictures_in_prediction_scores_and_key_out() {
+        let mut model = stand_in();
+        let names: Vec<_> = model
+            .config()
+            .inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, ["image_bytes", "key"]);
+        // A held-out digit drawn at 56x56: resized to 28x28 on the way in.
+        let digits = crate::digits::load_digits().unwrap();
+        let held_out = &digits[(0..digits.len())
+            .find(|i| crate::digits::is_held_out(*i))
+            .unwrap()];
+        let (digit, label) = (
+            crate::mnist::digit_to_mnist(&held_out.pixels),
+            held_out.label,
+        );
+        let big: Vec<u8> = (0..56 * 56)
+            .map(|i| (digit[(i / 56 / 2) * 28 + (i % 56) / 2] * 255.0).round() as u8)
+            .collect();
+        let blank = png(&[0; 28 * 28], 28, 28);
+        let out = model
+            .forward(&[
+                bytes_tensor("image_bytes", &[&png(&big, 56, 56), &blank]),
+                bytes_tensor("key", &[b"a", b"b"]),
+            ])
+            .unwrap();
+        let names: Vec<_> = out.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["prediction", "scores", "key"]);
+        let prediction = i64::from_le_bytes(out[0].data[..8].try_into().unwrap());
+        assert_eq!(prediction, i64::from(label));
+        let scores = out[1].to_f32_vec().unwrap();
+        assert_eq!(out[1].shape, [2, 10]);
+        assert!((scores[..10].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert_eq!(out[2].data, bytes_tensor("key", &[b"a", b"b"]).data);
+    }
+
+    #[test]
+    fn what_is_not_a_picture_is_the_clients_error_naming_the_row() {
+        let mut model = stand_in();
+        let good = png(&[0; 28 * 28], 28, 28);
+        // A PNG header claiming 100000 x 100000 pixels: refused before decoding.
+        let mut bomb = good.clone();
+        bomb[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        for (bad, want) in [
+            (
+                &b"not a picture"[..],
+                "image_bytes 1: not a JPEG or PNG image",
+            ),
+            (
+                &b"GIF89a"[..],
+                "image_bytes 1: cannot read the image: The image format Gif",
+            ),
+            (&good[..good.len() / 2], "image_bytes 1: cannot decode"),
+            (&bomb[..], "image_bytes 1: the picture is 100000x100000"),
+            (&b""[..], "image_bytes 1:"),
+        ] {
+            let err = model
+                .forward(&[
+                    bytes_tensor("image_bytes", &[&good, bad]),
+                    bytes_tensor("key", &[b"a", b"b"]),
+                ])
+                .unwrap_err();
+            assert!(
+                matches!(err, crate::ModelError::Input(_)) && err.to_string().contains(want),
+                "{err}"
+            );
+        }
+    }
+}
