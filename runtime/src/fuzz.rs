@@ -300,7 +300,8 @@ proptest! {
         ],
         image in image_bytes(),
     ) {
-        use crate::transformer::instances::{ImageLimits, decode, parse};
+        use crate::transformer::instances::{ImageLimits, parse};
+        use siesta_models::image_decode::decode;
         let limits = ImageLimits { max_instances: 3, max_pixels: 1 << 16 };
         if let Err(e) = parse(body.to_string().as_bytes(), &limits) {
             client_error(&e)?;

@@ -90,7 +90,7 @@ fn parse_one(inst: &Value) -> Result<Instance, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use siesta_models::image_decode::decode;
+    use siesta_models::image_decode::{DecodeError, decode};
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
