@@ -181,5 +181,6 @@ GPU_CHECK_BIN="$ROOT/target/debug/examples/gpu-check" BENCH_ENGINE_BIN="$ROOT/ta
 grep -q "DRY RUN: no GPU found" "$ROOT/target/gpu-check-dry-run.log"
 grep -q '"engine":"candle"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
 grep -q '"input":"UINT8"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
+grep -q '"engine":"onnx"' "$ROOT/target/gpu-check-dry-run/siesta.jsonl"
 stage_end
 echo "== all tests passed"
