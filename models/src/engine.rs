@@ -16,7 +16,7 @@ pub enum Engine {
     Candle,
     /// TorchScript through libtorch (the `torch` feature).
     Torch,
-    /// ONNX graphs through candle-onnx.
+    /// ONNX graphs through ONNX Runtime (and TensorFlow SavedModels, converted once).
     Onnx,
 }
 
@@ -41,13 +41,13 @@ impl FromStr for Engine {
             "torch" | "libtorch" | "torchscript" | "siesta-torch" | "kserve-torchserve" => {
                 Engine::Torch
             }
-            "onnx" | "candle-onnx" | "siesta-onnx" | "kserve-tensorflow-serving" => Engine::Onnx,
+            "onnx" | "onnxruntime" | "siesta-onnx" | "kserve-tensorflow-serving" => Engine::Onnx,
             other => {
                 return Err(ModelError::Config {
                     path: CONFIG_FILE.into(),
                     reason: format!(
-                        "runtime '{other}' is not one Siesta has (candle, torch, onnx; or KServe's \
-                         kserve-torchserve, kserve-tensorflow-serving)"
+                        "runtime '{other}' is not one Siesta has (candle, torch, onnx or \
+                         onnxruntime; or KServe's kserve-torchserve, kserve-tensorflow-serving)"
                     ),
                 });
             }

@@ -193,3 +193,36 @@ def test_a_jpeg_goes_through_the_transformer_to_flowers(flowers):
     finally:
         transformer.stop()
         predictor.stop()
+
+
+def test_a_parked_onnx_model_drops_its_session_and_answers_the_same_after(tmp_path):
+    """The ONNX engine's idle tier: parking drops the ONNX Runtime session (the engine's device
+    count goes to 0), a request meanwhile rebuilds it from the bytes kept in memory, and so does
+    resume; the answers equal onnxruntime's throughout."""
+    model, config = small_graph("batchnorm")
+    write_model(tmp_path / "m", model, config)
+    token = "parking-test-token"
+    server = Siesta("--storage-uri", str(tmp_path / "m"), "--model-name", "m", env={"SIESTA_CONTROL_TOKEN": token})
+
+    def control(method, path):
+        req = urllib.request.Request(f"http://{server.http}{path}", method=method,
+                                     headers={"x-siesta-control-token": token})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    try:
+        server.wait_ready()
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = RNG.normal(size=(2, 9, 11, 4)).astype(np.float32)
+        want = sess.run(None, {"x": x})[0]
+        hot = control("GET", "/siesta/replica")
+        assert hot["tier"] == "hot" and hot["device_memory_bytes"] > 0, hot
+        parked = control("POST", "/siesta/replica/park")
+        assert parked["tier"] == "parked" and parked["device_memory_bytes"] == 0, parked
+        assert_close(infer_binary(server, "m", "x", x, "y"), want)  # rebuilt on demand
+        control("POST", "/siesta/replica/park")
+        resumed = control("POST", "/siesta/replica/resume")
+        assert resumed["tier"] == "hot" and resumed["device_memory_bytes"] == hot["device_memory_bytes"], resumed
+        assert_close(infer_binary(server, "m", "x", x, "y"), want)
+    finally:
+        server.stop()
