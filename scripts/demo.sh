@@ -34,9 +34,9 @@ echo "--- one request: $(head -c 90 "$OUT/input.json")..."
 curl -s -H "Host: flowers-sample.default.example.com" -d @"$OUT/input.json" \
   "http://$GW/v1/models/flowers-sample:predict" | cut -c1-160; echo
 echo "--- hey -z 30s -c 5 -m POST -host flowers-sample.default.example.com -D input.json http://$GW/v1/models/flowers-sample:predict"
+SECONDS=0  # before the watcher starts: its subshell counts from here too
 ( for _ in $(seq 16); do sleep 2; echo "t+$((${SECONDS}))s"; status; done ) &
 WATCH=$!
-SECONDS=0
 hey -z 30s -c 5 -m POST -host flowers-sample.default.example.com -D "$OUT/input.json" \
   "http://$GW/v1/models/flowers-sample:predict" | sed -n '/Summary/,/Requests\/sec/p;/Status code/,$p'
 kill "$WATCH" 2>/dev/null || true
