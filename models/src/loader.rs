@@ -66,6 +66,8 @@ fn load_network(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mode
         },
         ModelSource::EmbeddedMnist => source,
     };
+    // A bare ONNX file's session, built while its config was read from the graph.
+    let mut onnx_prepared = None;
     let (mut config, weights) = match source {
         ModelSource::EmbeddedMnist => {
             let config = ModelConfig::from_json(
@@ -78,8 +80,11 @@ fn load_network(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mode
             let bare = if dir.join(CONFIG_FILE).exists() {
                 None
             } else {
-                match OnnxModel::config_for_bare_dir(dir)? {
-                    Some(c) => Some((c, None)),
+                match OnnxModel::config_for_bare_dir(dir, opts.device)? {
+                    Some((c, session)) => {
+                        onnx_prepared = Some(session);
+                        Some((c, None))
+                    }
                     None => vision_config_for_bare_dir(dir)?,
                 }
             };
@@ -212,7 +217,12 @@ fn load_network(source: &ModelSource, opts: &LoadOptions) -> Result<Box<dyn Mode
                 return Err(ModelError::UnknownArchitecture("onnx (embedded)".into()));
             };
             let file = OnnxModel::file(dir, &config);
-            Ok(Box::new(OnnxModel::load(config, &file, opts.device)?))
+            Ok(Box::new(OnnxModel::load(
+                config,
+                &file,
+                opts.device,
+                onnx_prepared,
+            )?))
         }
     }
 }

@@ -150,27 +150,61 @@ fn place(
     }
 }
 
-impl OnnxModel {
-    pub fn load(config: ModelConfig, path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::File {
-            path: path.to_path_buf(),
+/// The session built while a bare file's graph was read for its config, handed on to
+/// [`OnnxModel::load`], so that a start builds one session, not two.
+pub struct Prepared {
+    file: PathBuf,
+    bytes: Vec<u8>,
+    placement: Placement,
+    session: Session,
+}
+
+impl Prepared {
+    fn new(file: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(file).map_err(|e| ModelError::File {
+            path: file.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let (placement, session) = place(device, &bytes, path)?;
-        check_contract(&config, &session, path)?;
-        tracing::info!(model = %config.name, device = %placement, "ONNX model loaded");
-        Ok(OnnxModel {
-            config,
-            file: path.to_path_buf(),
+        let (placement, session) = place(device, &bytes, file)?;
+        Ok(Prepared {
+            file: file.to_path_buf(),
             bytes,
             placement,
-            session: Some(session),
+            session,
+        })
+    }
+}
+
+impl OnnxModel {
+    /// `prepared` is used when it holds `path`; otherwise the file is read and placed here.
+    pub fn load(
+        config: ModelConfig,
+        path: &Path,
+        device: DeviceSpec,
+        prepared: Option<Prepared>,
+    ) -> Result<Self, ModelError> {
+        let prepared = match prepared {
+            Some(p) if p.file == path => p,
+            _ => Prepared::new(path, device)?,
+        };
+        check_contract(&config, &prepared.session, path)?;
+        tracing::info!(model = %config.name, device = %prepared.placement, "ONNX model loaded");
+        Ok(OnnxModel {
+            config,
+            file: prepared.file,
+            bytes: prepared.bytes,
+            placement: prepared.placement,
+            session: Some(prepared.session),
         })
     }
 
     /// A directory with no `config.json`: an ONNX file (`model.onnx`) described by its own
-    /// graph, or a TensorFlow SavedModel converted to one.
-    pub fn config_for_bare_dir(dir: &Path) -> Result<Option<ModelConfig>, ModelError> {
+    /// graph, or a TensorFlow SavedModel converted to one. The session read for that is
+    /// the one the model then runs with.
+    pub fn config_for_bare_dir(
+        dir: &Path,
+        device: DeviceSpec,
+    ) -> Result<Option<(ModelConfig, Prepared)>, ModelError> {
         let file = if saved_model::is_saved_model(dir) {
             let python = std::env::var("SIESTA_PYTHON").unwrap_or_else(|_| "python3".into());
             saved_model::onnx_for(dir, &python)?
@@ -179,17 +213,8 @@ impl OnnxModel {
         } else {
             return Ok(None);
         };
-        let file_err = |reason: String| ModelError::File {
-            path: file.clone(),
-            reason,
-        };
-        let env = library::environment(&file)?;
-        // Only the graph's signature is read here: no optimisation, one thread.
-        let builder = Session::builder(env).map_err(|e| file_err(e.to_string()))?;
-        let session = option(builder.with_optimization_level(GraphOptimizationLevel::Disable))
-            .and_then(|b| option(b.with_intra_threads(1)))
-            .and_then(|mut b| b.commit_from_file(&file).map_err(|e| e.to_string()))
-            .map_err(file_err)?;
+        let prepared = Prepared::new(&file, device)?;
+        let session = &prepared.session;
         let name = dir
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());
@@ -198,17 +223,22 @@ impl OnnxModel {
             .metadata()
             .ok()
             .and_then(|m| m.custom(saved_model::CONFIG_KEY));
-        if let Some(json) = carried {
-            let mut config =
-                ModelConfig::from_json(json.as_bytes(), &file.with_file_name(CONFIG_FILE))?;
-            config.name = name;
-            // The converter wrote the file under a temporary name.
-            config.weights = file.file_name().map(|f| f.to_string_lossy().into_owned());
-            return Ok(Some(config));
-        }
-        derive::config_from_graph(&name, &file, session.inputs(), session.outputs())
-            .map(Some)
-            .map_err(file_err)
+        let config = match carried {
+            Some(json) => {
+                let mut config =
+                    ModelConfig::from_json(json.as_bytes(), &file.with_file_name(CONFIG_FILE))?;
+                config.name = name;
+                // The converter wrote the file under a temporary name.
+                config.weights = file.file_name().map(|f| f.to_string_lossy().into_owned());
+                config
+            }
+            None => derive::config_from_graph(&name, &file, session.inputs(), session.outputs())
+                .map_err(|reason| ModelError::File {
+                    path: file.clone(),
+                    reason,
+                })?,
+        };
+        Ok(Some((config, prepared)))
     }
 
     /// The model file a directory's config names.

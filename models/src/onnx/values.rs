@@ -150,4 +150,22 @@ mod tests {
         }
         assert_eq!(datatype(TensorElementType::Complex64), None);
     }
+
+    #[test]
+    fn strings_that_are_not_utf8_or_are_cut_short_are_input_errors() {
+        // 4-byte length prefix, then the element: 0xff is never UTF-8.
+        let bad = Tensor::new("key", DataType::Bytes, vec![1], vec![1, 0, 0, 0, 0xff]).unwrap();
+        let err = to_ort(&bad).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Input(_)) && err.to_string().contains("not"),
+            "{err}"
+        );
+        let cut = Tensor {
+            name: "key".into(),
+            datatype: DataType::Bytes,
+            shape: vec![1],
+            data: vec![9, 0, 0, 0, b'a'],
+        };
+        assert!(matches!(to_ort(&cut), Err(ModelError::Tensor(_))));
+    }
 }
